@@ -415,7 +415,7 @@ def config_to_dict(cfg) -> dict:
 
 
 def dump_config(cfg) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
 def save_config(cfg, path: str | os.PathLike) -> Path:

@@ -1,0 +1,123 @@
+"""A sentencepiece BPE tokenizer for code, with the special tokens the recipe's documents use.
+
+Byte fallback, identity normalisation and no dummy prefix make every input round-trip exactly.
+The marker strings below are user-defined symbols, so a marker inside a document's text always
+encodes to its single id.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+PAD, UNK, EOD = "<pad>", "<unk>", "<eod>"
+REPO_NAME, FILE_SEP = "<repo_name>", "<file_sep>"
+# Reserved for fill-in-the-middle training; not used by the recipe's phases.
+FIM = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>")
+MARKERS = (REPO_NAME, FILE_SEP, *FIM)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad: int
+    unk: int
+    eod: int
+    repo_name: int
+    file_sep: int
+    fim_prefix: int
+    fim_middle: int
+    fim_suffix: int
+    fim_pad: int
+
+
+def _chunks(texts: Iterable[str], chunk_chars: int) -> Iterator[str]:
+    """Splits documents at line boundaries: sentencepiece trains on 'sentences' of bounded size."""
+    for text in texts:
+        buf, n = [], 0
+        for line in text.splitlines(keepends=True):
+            buf.append(line)
+            n += len(line)
+            if n >= chunk_chars:
+                yield "".join(buf)
+                buf, n = [], 0
+        if buf:
+            yield "".join(buf)
+
+
+def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int,
+                    *, sample_chunks: int = 2_000_000, seed: int = 0, threads: int | None = None,
+                    chunk_chars: int = 4000) -> Path:
+    """Trains on (a seeded reservoir sample of) `texts`; writes tokenizer.model and
+    special_tokens.json atomically into out_dir and returns the model path."""
+    import sentencepiece as spm
+
+    rng = random.Random(seed)
+    sample: list[str] = []
+    for i, chunk in enumerate(_chunks(texts, chunk_chars)):
+        if len(sample) < sample_chunks:
+            sample.append(chunk)
+        elif (j := rng.randrange(i + 1)) < sample_chunks:
+            sample[j] = chunk
+    if not sample:
+        raise ValueError("no text to train the tokenizer on: every document was dropped upstream")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sample), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=0.9999,
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=2, pad_piece=PAD, unk_piece=UNK, eos_piece=EOD,
+        user_defined_symbols=[*MARKERS, "\n"], normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+        split_digits=True, max_sentence_length=4 * chunk_chars + 16, seed_sentencepiece_size=10**6,
+        num_threads=threads or os.cpu_count() or 1, minloglevel=2)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / "tokenizer.model"
+    _atomic_write(model_path, model.getvalue())
+    tok = Tokenizer(model_path)
+    _atomic_write(out / "special_tokens.json",
+                  json.dumps(asdict(tok.special), indent=2).encode())
+    return model_path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Tokenizer:
+    """A trained model plus its special-token ids."""
+
+    def __init__(self, model_path: str | os.PathLike):
+        import sentencepiece as spm
+
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"tokenizer model {self.path} not found; train one with "
+                                    "data-prep (phase1 or quickstart) or pass the right path")
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        ids = {name: self.sp.piece_to_id(piece) for name, piece in
+               [("pad", PAD), ("unk", UNK), ("eod", EOD), ("repo_name", REPO_NAME),
+                ("file_sep", FILE_SEP), *[(p.strip("<>"), p) for p in FIM]]}
+        missing = [n for n, i in ids.items() if i == self.sp.unk_id() and n != "unk"]
+        if missing:
+            raise ValueError(f"{self.path} lacks the special tokens {missing}: it was not trained "
+                             "by snowtrain's data-prep; train a tokenizer with data-prep")
+        self.special = SpecialTokens(**ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: list[str], threads: int | None = None) -> list[list[int]]:
+        return self.sp.encode(texts, num_threads=threads or os.cpu_count() or 1)
+
+    def decode(self, ids) -> str:
+        return self.sp.decode([int(i) for i in ids])

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and runs the whole recipe at toy scale on the embedded corpus, on CPU.
+# Outputs go to ${SNOWTRAIN_QUICKSTART:-runs/quickstart}.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup.sh"
+VENV="${SNOWTRAIN_VENV:-$ROOT/.venv}"
+export PATH="$VENV/bin:$PATH"
+OUT="${SNOWTRAIN_QUICKSTART:-$ROOT/runs/quickstart}"
+cd "$ROOT"
+
+echo "== data: embedded corpus -> tokenizer -> indexed datasets ($OUT/data)"
+data-prep quickstart --out "$OUT/data"
+
+echo "== check: megatron-core reads what was written"
+python - "$OUT/data" <<'PY'
+import json, sys
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+manifest = json.load(open(f"{sys.argv[1]}/manifest.json"))
+for lang, s in manifest["datasets"].items():
+    ds = IndexedDataset(s["prefix"])
+    assert len(ds) == s["documents"] and int(ds.sequence_lengths.sum()) == s["tokens"], lang
+    print(f"  {lang}: {len(ds)} documents, {s['tokens']} tokens, read by megatron-core")
+PY
+echo "quickstart done: $OUT"
