@@ -1,0 +1,114 @@
+"""Per-step metrics: console, JSONL, TensorBoard where installed; loss-curve plots."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Rank 0 writes `<dir>/metrics.jsonl` (appending across resumes) and prints a line every
+    `interval` steps; other ranks do nothing."""
+
+    def __init__(self, log_dir: str | os.PathLike, *, enabled: bool, interval: int = 1,
+                 jsonl: bool = True, tensorboard: bool = False):
+        self.enabled, self.interval = enabled, max(1, interval)
+        self.dir = Path(log_dir)
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if jsonl:
+            self._file = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+            except ImportError:
+                print("metrics: tensorboard is not installed; logging to JSONL only")
+
+    def log(self, record: dict, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+        if self._tb:
+            step = record.get("global_step", record.get("step", 0))
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "global_step", "time"):
+                    self._tb.add_scalar(k, v, step)
+        if force or record.get("step", 0) % self.interval == 0:
+            print(format_record(record), flush=True)
+
+    def event(self, message: str, **fields) -> None:
+        """Something that happened (resume, blend change, skipped batch): printed and recorded."""
+        if not self.enabled:
+            return
+        print(message, flush=True)
+        if self._file:
+            self._file.write(json.dumps({"time": round(time.time(), 3), "event": message, **fields}) + "\n")
+
+    def close(self):
+        if self._file:
+            self._file.close()
+        if self._tb:
+            self._tb.close()
+
+
+def format_record(r: dict) -> str:
+    parts = [f"{r.get('phase', '')} step {r.get('step')}/{r.get('steps', '?')}"]
+    for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.3e}"), ("grad_norm", "gnorm {:.3f}"),
+                     ("tokens_per_s", "{:,.0f} tok/s"), ("tflops", "{:.1f} TFLOP/s"),
+                     ("mfu", "MFU {:.1%}"), ("mem_gib", "mem {:.1f} GiB"), ("eta_s", "ETA {}")):
+        if r.get(key) is not None:
+            v = r[key]
+            parts.append(fmt.format(_hms(v) if key == "eta_s" else v))
+    if r.get("skipped"):
+        parts.append("SKIPPED (non-finite)")
+    return " | ".join(parts)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def read_metrics(paths) -> list[dict]:
+    rows = []
+    for p in paths:
+        with open(p) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if "loss" in r]
+
+
+def plot_loss(metrics_files, out_png: str | os.PathLike) -> Path:
+    """Loss against global step, one colour per phase; a resumed step overwrites the earlier one."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_files)
+    if not rows:
+        raise ValueError(f"no loss records in {', '.join(map(str, metrics_files))}")
+    by_phase: dict[str, dict[int, float]] = {}
+    for r in rows:
+        by_phase.setdefault(r.get("phase", "?"), {})[r["global_step"]] = r["loss"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for phase, pts in by_phase.items():
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], label=phase)
+    ax.set_xlabel("step (all phases)")
+    ax.set_ylabel("training loss")
+    ax.set_title("loss across phases")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
