@@ -11,7 +11,8 @@ def main(argv=None) -> int:
 
     q = sub.add_parser("quickstart", help="toy-scale data on the embedded corpus")
     q.add_argument("--out", default="runs/quickstart/data")
-    q.add_argument("--max-mb", type=float, default=8.0, help="corpus size to read")
+    q.add_argument("--max-mb", type=float, default=8.0, help="most corpus text to read")
+    q.add_argument("--fraction", type=float, default=0.035, help="share of the embedded files to sample")
     q.add_argument("--vocab-size", type=int, default=4096)
     q.add_argument("--seed", type=int, default=1234)
 
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "quickstart":
         from .quickstart import run_quickstart_data
-        run_quickstart_data(args.out, max_mb=args.max_mb, vocab_size=args.vocab_size, seed=args.seed)
+        run_quickstart_data(args.out, max_mb=args.max_mb, fraction=args.fraction, vocab_size=args.vocab_size, seed=args.seed)
     elif args.cmd == "inspect":
         from .indexed import inspect_dataset
         try:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import array
 import os
 import secrets
-import shutil
 import struct
 import sys
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
@@ -40,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "IndexInfo",
+    "InspectionReport",
     "IndexedDatasetWriter",
     "dtype_for_vocab",
     "format_inspection",
@@ -69,6 +69,7 @@ _DTYPE_TO_CODE = {dt.name: code for code, dt in _CODE_TO_DTYPE.items()}
 UINT16_VOCAB_LIMIT = 65500
 
 _INT32_MAX = np.iinfo(np.int32).max
+_OPEN = "open"
 _DEFAULT_BUFFER_BYTES = 32 << 20
 _COPY_CHUNK_BYTES = 16 << 20
 
@@ -168,9 +169,9 @@ def _write_index(path: str, dtype: np.dtype, lengths: np.ndarray, doc_indices: n
     )
     with open(path, "wb") as f:
         f.write(header)
-        f.write(memoryview(lengths).cast("B"))
-        f.write(memoryview(offsets).cast("B"))
-        f.write(memoryview(doc_indices).cast("B"))
+        f.write(lengths.view(np.uint8))
+        f.write(offsets.view(np.uint8))
+        f.write(doc_indices.view(np.uint8))
         f.flush()
         os.fsync(f.fileno())
 
@@ -197,10 +198,18 @@ class IndexedDatasetWriter:
     leaving it with an exception calls :meth:`abort` (remove the temporary files, write nothing).
     Tokens are gathered in a ``buffer_bytes`` buffer and written in large chunks.
 
-    An empty document raises ``ValueError`` (Megatron cannot hold one); so does a token id out
-    of range, a non-integer array raises ``TypeError``. The writer is unchanged by a rejected
-    document and may go on. ``allow_empty=True`` lets :meth:`finalize` write a dataset with no
-    documents (which megatron-core's mmap reader cannot open); by default that is an error.
+    Every document is checked as it is added: an empty one raises ``ValueError`` (Megatron
+    cannot hold one), so does a token id out of range; non-integer tokens raise ``TypeError``.
+    The messages name the prefix and the document number. The writer is unchanged by a rejected
+    document and may go on. (For a plain ``list`` only the first element's type is checked:
+    numpy converts the rest, truncating a stray float as Megatron's builder would; numpy arrays,
+    tensors, tuples and other iterables are checked in full.)
+
+    ``allow_empty=True`` lets :meth:`finalize` write a dataset with no documents (which
+    megatron-core's mmap reader cannot open); by default that is an error.
+
+    The output is byte-identical to megatron-core's ``IndexedDatasetBuilder`` given
+    ``add_document(tokens, [len(tokens)])`` for each document.
     """
 
     def __init__(
@@ -240,11 +249,19 @@ class IndexedDatasetWriter:
         self.bin_path = self._files.bin_path
         self.idx_path = self._files.idx_path
 
-        self._buf = np.empty(max(1, int(buffer_bytes) // self.dtype.itemsize), dtype=self.dtype)
+        self._buf = np.empty(
+            max(1, int(buffer_bytes) // self.dtype.itemsize), dtype=self.dtype.newbyteorder("<")
+        )
+        self._cap = self._buf.shape[0]
+        # unsigned view of the buffer: one argmax bounds list input below the limit and, for a
+        # signed dtype, above 0 (negatives read as huge)
+        self._ubuf = self._buf.view(f"<u{self.dtype.itemsize}")
+        self._list_check = self._limit <= int(info.max) or self.dtype.kind == "i"
+        self._plans: Dict[np.dtype, Any] = {}
         self._pos = 0
         self._lengths: List[int] = []
         self.num_tokens = 0
-        self._state = "open"
+        self._state = _OPEN
         self._bin = open(self._files.bin_tmp, "wb")
 
     # -- properties ---------------------------------------------------------------------------
@@ -255,7 +272,7 @@ class IndexedDatasetWriter:
 
     @property
     def closed(self) -> bool:
-        return self._state != "open"
+        return self._state is not _OPEN
 
     # -- context manager ----------------------------------------------------------------------
 
@@ -270,7 +287,7 @@ class IndexedDatasetWriter:
 
     def __del__(self) -> None:  # dropped without finalize: leave nothing behind
         try:
-            if getattr(self, "_state", None) == "open":
+            if getattr(self, "_state", None) is _OPEN:
                 self.abort()
         except Exception:
             pass
@@ -280,105 +297,166 @@ class IndexedDatasetWriter:
     def _doc_name(self) -> str:
         return f"document #{len(self._lengths)} (0-based) of {self.prefix}"
 
-    def _as_array(self, tokens: Any) -> np.ndarray:
-        if isinstance(tokens, np.ndarray):
-            arr = tokens
-        else:
-            torch = sys.modules.get("torch")
-            if torch is not None and isinstance(tokens, torch.Tensor):
-                arr = tokens.detach().cpu().numpy()
-            else:
-                # array.array converts Python ints strictly (floats/str raise TypeError) and
-                # faster than numpy's dtype discovery on lists.
-                try:
-                    arr = np.frombuffer(array.array("q", tokens), dtype=np.int64)
-                except OverflowError:
-                    raise ValueError(
-                        f"{self._doc_name()}: a token id does not fit in 64 bits; "
-                        f"token ids must lie in [0, {self._limit})"
-                    ) from None
-                except TypeError as e:
-                    raise TypeError(
-                        f"{self._doc_name()}: tokens must be integers, "
-                        f"got {type(tokens).__name__} ({e})"
-                    ) from None
-        if arr.ndim != 1:
-            if arr.ndim == 0 or arr.size == 0:
-                arr = arr.reshape(-1)
-            else:
-                raise ValueError(
-                    f"{self._doc_name()}: expected a 1-D sequence of token ids, got shape "
-                    f"{tuple(arr.shape)}"
-                )
-        if arr.size and arr.dtype.kind not in "iu":
-            raise TypeError(
-                f"{self._doc_name()}: tokens must be integers, got an array of dtype {arr.dtype}"
-            )
-        return arr
+    def _empty_error(self) -> ValueError:
+        return ValueError(
+            f"{self._doc_name()} is empty (0 tokens): Megatron indexed datasets cannot hold "
+            f"empty documents; skip empty documents before add_document() "
+            f"(e.g. `if len(ids): writer.add_document(ids)`)"
+        )
 
-    def _out_of_range(self, arr: np.ndarray) -> bool:
-        dt = arr.dtype
+    def _type_error(self, what: str) -> TypeError:
+        return TypeError(f"{self._doc_name()}: token ids must be integers, got {what}")
+
+    def _range_error(self, values: Any) -> ValueError:
         limit = self._limit
-        if dt.kind == "u":
-            return int(np.iinfo(dt).max) >= limit and arr.max() >= limit
-        # signed: one pass when the unsigned view maps negatives above the limit
-        bits = dt.itemsize * 8
-        if limit <= (1 << (bits - 1)):
-            return arr.view(f"u{dt.itemsize}").max() >= limit
-        return bool(arr.min() < 0 or arr.max() >= limit)
-
-    def _range_error(self, arr: np.ndarray) -> ValueError:
-        bad = np.flatnonzero((arr < 0) | (arr >= self._limit))
-        pos = int(bad[0]) if len(bad) else -1
-        value = int(arr[pos]) if pos >= 0 else None
+        bad = [(i, int(v)) for i, v in enumerate(np.asarray(values, dtype=object).tolist())
+               if not 0 <= int(v) < limit]
+        pos, value = bad[0] if bad else (-1, None)
         bound = (f"vocab_size={self.vocab_size}" if self.vocab_size is not None
                  else f"dtype {self.dtype}")
         return ValueError(
             f"{self._doc_name()}: token id {value} at position {pos} is out of range "
-            f"[0, {self._limit}) for {bound}; check the tokenizer/vocab size "
+            f"[0, {limit}) for {bound}; check the tokenizer / vocab size "
             f"({len(bad)} bad token(s) in this document)"
         )
 
+    def _check_plan(self, dt: np.dtype):
+        """How to range-check an input array of integer dtype ``dt`` (computed once per dtype).
+
+        Returns (mode, view_dtype): 0 no check needed, 1 max only, 2 max of the unsigned view
+        (negatives map above the limit), 3 min and max.
+        """
+        if dt.kind not in "iu":
+            return None
+        info = np.iinfo(dt)
+        limit = self._limit
+        if info.min >= 0 and info.max < limit:
+            plan = (0, None)
+        elif dt.kind == "u":
+            plan = (1, None)
+        elif limit <= int(info.max) + 1:
+            plan = (2, np.dtype(f"u{dt.itemsize}"))
+        else:
+            plan = (3, None)
+        self._plans[dt] = plan
+        return plan
+
+    def _as_array(self, tokens: Any) -> np.ndarray:
+        if isinstance(tokens, np.ndarray):
+            return tokens
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(tokens, torch.Tensor):
+            try:
+                return tokens.numpy()  # CPU tensors without grad: a zero-copy view
+            except (RuntimeError, TypeError):
+                pass
+            try:
+                return tokens.detach().cpu().numpy()
+            except TypeError:  # e.g. bfloat16
+                raise self._type_error(f"a tensor of dtype {tokens.dtype}") from None
+        # tuples, ranges, array.array, iterators, ...: array.array converts strictly
+        try:
+            return np.frombuffer(array.array("q", tokens), dtype=np.int64)
+        except OverflowError:
+            raise self._range_error(list(tokens)) from None
+        except TypeError as e:
+            raise self._type_error(f"{type(tokens).__name__} ({e})") from None
+
     def add_document(self, tokens: Any) -> None:
         """Append one document (stored as one sequence). See the class docstring for errors."""
-        if self._state != "open":
+        if self._state is not _OPEN:
             raise RuntimeError(f"{self.prefix}: writer is already {self._state}")
-        arr = self._as_array(tokens)
-        n = arr.shape[0]
-        if n == 0:
-            raise ValueError(
-                f"{self._doc_name()} is empty (0 tokens): Megatron indexed datasets cannot hold "
-                f"empty documents; skip empty documents before add_document() "
-                f"(e.g. `if len(ids): writer.add_document(ids)`)"
-            )
-        if n > _INT32_MAX:
-            raise ValueError(f"{self._doc_name()} has {n} tokens; at most {_INT32_MAX} fit")
-        if self._out_of_range(arr):
-            raise self._range_error(arr)
-
-        buf = self._buf
-        pos = self._pos
-        if pos + n > buf.shape[0]:
-            self._flush()
-            pos = 0
-            if n > buf.shape[0]:  # larger than the whole buffer: write it directly
-                self._bin.write(memoryview(np.ascontiguousarray(arr, dtype=self.dtype)).cast("B"))
+        tp = type(tokens)
+        if tp is np.ndarray:
+            arr = tokens
+        elif tp is list:
+            # Fast path for the common case (a tokenizer's list of ints): numpy converts the
+            # list straight into the buffer (rejecting ints outside the dtype's range), then
+            # one argmax checks the vocabulary bound. Element types are checked on the
+            # first element only (numpy would truncate a float further on, as Megatron does).
+            n = len(tokens)
+            if n == 0:
+                raise self._empty_error()
+            pos = self._pos
+            end = pos + n
+            if end <= self._cap:
+                first = tokens[0]
+                if not isinstance(first, (int, np.integer)):
+                    raise self._type_error(f"a list of {type(first).__name__}")
+                try:
+                    self._buf[pos:end] = tokens
+                except OverflowError:
+                    raise self._range_error(tokens) from None
+                except (TypeError, ValueError) as e:
+                    raise self._type_error(f"a list containing non-integers ({e})") from None
+                if self._list_check:
+                    u = self._ubuf[pos:end]
+                    if u[u.argmax()] >= self._limit:  # argmax: far less call overhead than max
+                        raise self._range_error(self._buf[pos:end])
+                self._pos = end
                 self._lengths.append(n)
                 self.num_tokens += n
                 return
-        buf[pos:pos + n] = arr
-        self._pos = pos + n
+            arr = self._as_array(tokens)  # rare: at a buffer boundary
+        else:
+            arr = self._as_array(tokens)
+
+        if arr.ndim != 1:
+            if arr.size == 0:
+                raise self._empty_error()
+            raise ValueError(
+                f"{self._doc_name()}: expected a 1-D sequence of token ids, got shape "
+                f"{tuple(arr.shape)}"
+            )
+        n = arr.shape[0]
+        if n == 0:
+            raise self._empty_error()
+        plan = self._plans.get(arr.dtype)
+        if plan is None:
+            plan = self._check_plan(arr.dtype)
+            if plan is None:
+                raise self._type_error(f"an array of dtype {arr.dtype}")
+        mode = plan[0]
+        if mode:
+            limit = self._limit
+            # arr[arr.argmax()] rather than arr.max(): same result, a fraction of the per-call
+            # overhead of a ufunc reduction, which dominates for document-sized arrays
+            if mode == 1:
+                bad = arr[arr.argmax()] >= limit
+            elif mode == 2:
+                u = arr.view(plan[1])
+                bad = u[u.argmax()] >= limit
+            else:
+                bad = arr[arr.argmin()] < 0 or arr[arr.argmax()] >= limit
+            if bad:
+                raise self._range_error(arr)
+        if n > _INT32_MAX:
+            raise ValueError(f"{self._doc_name()} has {n} tokens; at most {_INT32_MAX} fit")
+
+        pos = self._pos
+        end = pos + n
+        if end > self._cap:
+            self._flush()
+            pos, end = 0, n
+            if n > self._cap:  # larger than the whole buffer: write it directly
+                self._bin.write(np.ascontiguousarray(arr, dtype=self._buf.dtype).view(np.uint8))
+                self._lengths.append(n)
+                self.num_tokens += n
+                return
+        self._buf[pos:end] = arr
+        self._pos = end
         self._lengths.append(n)
         self.num_tokens += n
 
     def add_documents(self, documents: Iterable[Any]) -> None:
         """``add_document`` for each item of ``documents``."""
+        add = self.add_document
         for doc in documents:
-            self.add_document(doc)
+            add(doc)
 
     def _flush(self) -> None:
         if self._pos:
-            self._bin.write(memoryview(self._buf[: self._pos]).cast("B"))
+            self._bin.write(self._buf[: self._pos].view(np.uint8))
             self._pos = 0
 
     # -- end ----------------------------------------------------------------------------------
@@ -387,7 +465,7 @@ class IndexedDatasetWriter:
         """Flush, write the .idx, fsync both and commit them (.idx last). Idempotent."""
         if self._state == "finalized":
             return
-        if self._state != "open":
+        if self._state is not _OPEN:
             raise RuntimeError(f"{self.prefix}: cannot finalize, writer was {self._state}")
         try:
             if not self._lengths and not self.allow_empty:
@@ -483,13 +561,12 @@ def _read_index_full(prefix: PathLike):
     if doc_count == 0:
         raise ValueError(f"{path}: document index is empty (must start with 0)")
 
-    if seq_count or doc_count:
-        mm = np.memmap(path, dtype=np.uint8, mode="r")
-        lengths = np.frombuffer(mm, dtype="<i4", count=seq_count, offset=_HEADER_SIZE)
-        off = _HEADER_SIZE + lengths.nbytes
-        offsets = np.frombuffer(mm, dtype="<i8", count=seq_count, offset=off)
-        off += offsets.nbytes
-        doc_indices = np.frombuffer(mm, dtype="<i8", count=doc_count, offset=off)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    lengths = np.frombuffer(mm, dtype="<i4", count=seq_count, offset=_HEADER_SIZE)
+    off = _HEADER_SIZE + lengths.nbytes
+    offsets = np.frombuffer(mm, dtype="<i8", count=seq_count, offset=off)
+    off += offsets.nbytes
+    doc_indices = np.frombuffer(mm, dtype="<i8", count=doc_count, offset=off)
     if doc_indices[0] != 0 or doc_indices[-1] != seq_count:
         raise ValueError(
             f"{path}: corrupt document index: starts at {int(doc_indices[0])} and ends at "
@@ -617,7 +694,10 @@ def _decode(tokenizer_model: PathLike, ids: List[int]) -> str:
     path = os.fspath(tokenizer_model)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: sentencepiece model not found")
-    sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+        sp = spm.SentencePieceProcessor(model_file=path)
+    except Exception as e:  # sentencepiece raises OSError/RuntimeError for a bad model file
+        raise ValueError(f"{path}: cannot load sentencepiece model ({e})") from None
     n = sp.get_piece_size()
     bad = [i for i in ids if i >= n]
     if bad:
@@ -628,13 +708,22 @@ def _decode(tokenizer_model: PathLike, ids: List[int]) -> str:
     return sp.decode(ids)
 
 
+class InspectionReport(dict):
+    """:func:`inspect_dataset`'s result: a dict whose ``str()`` is the printable report."""
+
+    def __str__(self) -> str:
+        return format_inspection(self)
+
+
 def inspect_dataset(
     prefix: PathLike,
     tokenizer_model: Optional[PathLike] = None,
     sample: int = 0,
     max_tokens: int = 64,
-) -> Dict[str, Any]:
-    """Summarise a dataset; see :func:`format_inspection` for a printable report.
+) -> InspectionReport:
+    """Summarise a dataset. Returns a dict (an :class:`InspectionReport`) whose ``str()`` is
+    the human-readable report of :func:`format_inspection`, so ``print(inspect_dataset(p))``
+    prints it.
 
     Keys: path, bin_path, idx_path, dtype, documents, sequences, tokens, bin_bytes, idx_bytes,
     doc_length_min/mean/max (``None`` when there are no documents), problems (list of str:
@@ -662,7 +751,7 @@ def inspect_dataset(
     if not _contiguous(info):
         problems.append(f"{idx_path}: sequence offsets are not contiguous")
 
-    result: Dict[str, Any] = {
+    result = InspectionReport({
         "path": prefix,
         "bin_path": bin_path,
         "idx_path": idx_path,
@@ -676,10 +765,10 @@ def inspect_dataset(
         "doc_length_mean": float(doc_lengths.mean()) if docs else None,
         "doc_length_max": int(doc_lengths.max()) if docs else None,
         "problems": problems,
-    }
+    })
     if docs:
         if not -docs <= sample < docs:
-            raise IndexError(f"{prefix}: sample document {sample} out of range (0..{docs - 1})")
+            raise ValueError(f"{prefix}: sample document {sample} out of range (0..{docs - 1})")
         sample %= docs
         first_seq = int(info.document_indices[sample])
         length = int(doc_lengths[sample])
@@ -687,7 +776,7 @@ def inspect_dataset(
         ids: List[int] = []
         if count and bin_bytes is not None:
             with open(bin_path, "rb") as f:
-                f.seek(int(info.offsets[first_seq]) if len(lengths) else 0)
+                f.seek(int(info.offsets[first_seq]))
                 ids = np.fromfile(f, dtype=info.dtype.newbyteorder("<"), count=count).tolist()
         result.update(sample=sample, sample_length=length, sample_tokens=ids)
         if tokenizer_model is not None:

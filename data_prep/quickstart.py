@@ -40,11 +40,14 @@ def write_language_datasets(docs, tokenizer: Tokenizer, out_dir: Path, batch: in
     return stats
 
 
-def run_quickstart_data(out: str | os.PathLike, *, max_mb: float = 8.0, vocab_size: int = 4096,
-                        seed: int = 1234) -> dict:
+def run_quickstart_data(out: str | os.PathLike, *, max_mb: float = 8.0, fraction: float = 0.035,
+                        vocab_size: int = 4096, seed: int = 1234) -> dict:
     out = Path(out)
     t0 = time.time()
-    source = TreeSource(embedded_roots(), max_total_bytes=int(max_mb * 2**20), max_file_bytes=256 << 10)
+    # A stable hash-chosen share of every repository, so the sample spans the standard library
+    # and the installed packages (Python, C, C++, ...) rather than the first folders.
+    source = TreeSource(embedded_roots(), sample_fraction=fraction,
+                        max_total_bytes=int(max_mb * 2**20), max_file_bytes=256 << 10)
     records = list(tqdm(source, desc="read embedded corpus", unit=" files"))
     langs = Counter(r.lang for r in records)
     print(f"corpus: {len(records)} files, {sum(len(r.content) for r in records) / 2**20:.1f} MB "

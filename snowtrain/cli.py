@@ -1,10 +1,22 @@
-"""`snowtrain`: the trainer's command line."""
+"""`snowtrain`: the trainer's command line.
+
+  snowtrain train --config R.yaml --phase phase1 [--set k=v]   (under torchrun or srun)
+  snowtrain plan  --config R.yaml --phase phase1 --gpus 64
+  snowtrain plot  LOG_DIR_OR_METRICS.jsonl ... --out loss.png
+  snowtrain config --config R.yaml [--set k=v]
+
+Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on a signal with
+a checkpoint saved (requeue and it resumes), 2 a configuration error, 1 anything else.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import ConfigError, dump_config, load_config
+
+EXIT_STOPPED = 3
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -13,15 +25,73 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted override, e.g. --set optim.lr=3e-4 (repeatable)")
 
 
+def _train(args) -> int:
+    from .distributed import destroy_distributed
+    from .train import train_phase
+
+    cfg = load_config(args.config, args.overrides)
+    phases = [p.name for p in cfg.phases] if args.phase == "all" else [args.phase]
+    try:
+        for name in phases:
+            cfg.phase(name)
+            result = train_phase(cfg, name, config_file=args.config, max_steps=args.max_steps)
+            print(f"snowtrain: {name} {result.status} at step {result.step}/{result.steps}"
+                  f"{f', loss {result.last_loss:.4f}' if result.last_loss is not None else ''}", flush=True)
+            if result.status == "stopped":
+                return EXIT_STOPPED
+            if result.status != "complete":
+                break
+    finally:
+        destroy_distributed()
+    return 0
+
+
+def _plot(args) -> int:
+    from .metrics import plot_loss
+
+    files = []
+    for p in map(Path, args.paths):
+        files += sorted(p.rglob("metrics.jsonl")) if p.is_dir() else [p]
+    if not files:
+        print(f"snowtrain plot: no metrics.jsonl under {args.paths}", file=sys.stderr)
+        return 2
+    print(plot_loss(files, args.out))
+    return 0
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="snowtrain", description=__doc__)
+    ap = argparse.ArgumentParser(prog="snowtrain", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one phase (or all, in order)")
+    _config_args(t)
+    t.add_argument("--phase", required=True, help="phase name, or 'all'")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (a checkpoint is not forced)")
+    p = sub.add_parser("plan", help="parameters, FLOPs, steps, memory and time of a phase")
+    _config_args(p)
+    p.add_argument("--phase", required=True)
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--mfu", type=float, default=0.5)
+    p.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    p.add_argument("--peak-tflops", type=float, default=None, help="default: training.peak_tflops")
     c = sub.add_parser("config", help="validate a recipe and print it fully resolved")
     _config_args(c)
+    pl = sub.add_parser("plot", help="plot the loss curve across phases to a PNG")
+    pl.add_argument("paths", nargs="+", help="log folders or metrics.jsonl files")
+    pl.add_argument("--out", default="loss.png")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "config":
             print(dump_config(load_config(args.config, args.overrides)), end="")
+        elif args.cmd == "plan":
+            from .plan import plan_text
+            cfg = load_config(args.config, args.overrides)
+            print(plan_text(cfg, args.phase, args.gpus, args.mfu,
+                            args.peak_tflops or cfg.training.peak_tflops, args.gpu_memory_gib))
+        elif args.cmd == "train":
+            return _train(args)
+        elif args.cmd == "plot":
+            return _plot(args)
     except ConfigError as e:
         print(f"snowtrain: config error: {e}", file=sys.stderr)
         return 2

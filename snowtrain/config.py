@@ -163,6 +163,19 @@ class DataConfig:
 
 
 @dataclass
+class TrainingConfig:
+    # A non-finite loss or gradient norm: "stop" saves the last good state and stops with a
+    # message; "skip" drops the batch and goes on (at most max_skips times in a row).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_skips: int = 10
+    # GPU memory used by the fit check before training (`snowtrain plan` shows the estimate);
+    # null: the device's own.
+    gpu_memory_gib: Optional[float] = None
+    # Peak dense bf16 FLOP/s of one accelerator, for MFU (989 TFLOP/s: H100 SXM datasheet).
+    peak_tflops: float = 989.0
+
+
+@dataclass
 class RunConfig:
     name: str = "snowtrain"
     seed: int = 1234
@@ -174,6 +187,7 @@ class RunConfig:
     phases: list[PhaseConfig] = field(default_factory=list)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     # Tokenizer model the datasets were written with (for decoding and vocab checks).
     tokenizer: Optional[str] = None
 

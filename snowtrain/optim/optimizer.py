@@ -268,13 +268,9 @@ class DistributedOptimizer:
         self._copy_back()
 
     @torch.no_grad()
-    def reset_masters_from_params(self):
-        """After loading model weights only (a new phase): masters from the params, fresh moments."""
-        r = self.dp_rank if self.zero else 0
-        for p, m in self.masters.items():
-            _, e = self.entry_of[p]
-            m.copy_(e.chunk(p.detach(), r))
-            st = self.optimizer.state[m]
+    def reset_moments(self):
+        """A new phase keeps the weights and starts Adam afresh."""
+        for st in self.optimizer.state.values():
             st["exp_avg"].zero_()
             st["exp_avg_sq"].zero_()
             st["step"].zero_()

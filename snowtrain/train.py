@@ -1,0 +1,271 @@
+"""The training loop of one phase: build, resume (or start from the previous phase), step,
+log, checkpoint, stop cleanly on a signal or at the phase's token budget."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import CheckpointManager, Replicate, Shard, device_mesh, to_dtensor
+from .config import RunConfig, check_dataset_paths, resolve_path, save_config
+from .data import PhaseData
+from .distributed import ParallelState, init_distributed
+from .metrics import MetricsLogger
+from .model import Llama, TPGroup
+from .optim import DistributedOptimizer, lr_at
+from .optim.optimizer import zero_dim
+from .plan import GiB, fit_problem, flops_per_token
+from .step import NonFiniteLoss, train_step
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    status: str            # "complete" | "stopped" (signal: checkpoint saved) | "max_steps"
+    step: int
+    steps: int
+    last_loss: float | None
+    checkpoint: str | None
+
+
+class StopRequest:
+    """Set by SIGUSR1/SIGTERM (SLURM's warning before a time limit or preemption); every rank
+    learns of it at the next step through an all-reduce, so all of them stop at the same step."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal = None
+        self._old = {}
+
+    def install(self):
+        for sig in STOP_SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def uninstall(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame):
+        self.requested, self.signal = True, signal.Signals(signum).name
+
+    def agreed(self, pstate: ParallelState) -> bool:
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=pstate.device)
+        if pstate.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+
+def _placements(p, sharded_over_dp: bool, zero: bool):
+    tp = Replicate() if p.tp_dim is None else Shard(p.tp_dim)
+    dp = Shard(zero_dim(p)) if (sharded_over_dp and zero) else Replicate()
+    return [dp, tp]
+
+
+def checkpoint_state(model, opt: DistributedOptimizer, mesh, extra: dict | None = None,
+                     with_optimizer: bool = True) -> dict:
+    """The tensors of a checkpoint as DTensors over the (dp, tp) mesh: sharded the way they live
+    in memory, so any other layout can read them back."""
+    zero = opt.zero and opt.dp > 1
+    state = {"model": {n: to_dtensor(p.data, mesh, _placements(p, False, zero), p.global_shape)
+                       for n, p in model.named_parameters()}}
+    if with_optimizer:
+        params = dict(model.named_parameters())
+        state["optim"] = {n: {k: to_dtensor(t, mesh, _placements(params[n], True, zero), params[n].global_shape)
+                              for k, t in d.items()} for n, d in opt.named_state().items()}
+    if extra is not None:
+        state["extra"] = extra
+    return state
+
+
+def _memory_gib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class Trainer:
+    """Everything one phase needs, built on every rank."""
+
+    def __init__(self, cfg: RunConfig, phase: str, *, config_file=None, pstate=None):
+        self.cfg, self.config_file = cfg, config_file
+        self.phase = cfg.phase(phase)
+        self.phase_index = [p.name for p in cfg.phases].index(phase)
+        self.pstate = pstate or init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.backend)
+        ps = self.pstate
+        if cfg.parallel.data_parallel is not None and cfg.parallel.data_parallel != ps.dp_size:
+            raise ValueError(f"parallel.data_parallel={cfg.parallel.data_parallel} but {ps.world_size} "
+                             f"ranks / tensor_parallel={ps.tp_size} give {ps.dp_size}: launch "
+                             f"{cfg.parallel.data_parallel * ps.tp_size} ranks or set data_parallel: null")
+        check_dataset_paths(cfg, phase, file=config_file)
+        self._check_fit()
+        dtype = torch.bfloat16 if cfg.precision.compute_dtype == "bf16" else torch.float32
+        self.model = Llama(cfg.model, TPGroup.from_state(ps), seed=cfg.seed, dtype=dtype, device=ps.device)
+        self.opt = DistributedOptimizer(self.model, cfg, ps)
+        self.data = PhaseData.from_config(cfg, phase, config_file=config_file)
+        self.mesh = device_mesh(ps) if ps.world_size > 1 else None
+        self.ckpt = CheckpointManager(cfg.checkpoint, state=ps, run_config=cfg)
+        log_dir = Path(resolve_path(cfg.logging.dir, "logging.dir", config_file))
+        self.metrics = MetricsLogger(log_dir, enabled=ps.is_main, interval=cfg.logging.log_interval,
+                                     jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard)
+        if ps.is_main:
+            save_config(cfg, log_dir / "config.yaml")
+        self.step = 0
+        self.global_step_offset = 0
+        self.tokens_seen = 0
+        self.steps = self.data.total_steps
+        self.flops_per_token = flops_per_token(cfg, self.phase.seq_len)
+
+    def _check_fit(self):
+        ps = self.pstate
+        if ps.device.type != "cuda":
+            return
+        cap = self.cfg.training.gpu_memory_gib or torch.cuda.get_device_properties(ps.device).total_memory / GiB
+        problem = fit_problem(self.cfg, self.phase, ps.tp_size, ps.dp_size, cap)
+        if problem:
+            raise ValueError(f"this layout does not fit: {problem} (see `snowtrain plan`)")
+
+    # ------------------------------------------------------------------ start
+    def restore(self) -> None:
+        """Resume this phase from its latest good checkpoint, else start from the previous
+        phase's final weights (init_from), else from scratch."""
+        latest = self.ckpt.find_latest(phase=self.phase.name) if self.cfg.checkpoint.resume else None
+        if latest is not None:
+            for line in self.ckpt.load_config_diff(latest, self.cfg):
+                self.metrics.event(f"config differs from the checkpoint's: {line}")
+            template = checkpoint_state(self.model, self.opt, self.mesh, extra={})
+            extra = self.ckpt.load(latest, template)
+            self.opt.set_step(extra["step"])
+            self.step = extra["step"]
+            self.global_step_offset = extra.get("global_step", self.step) - self.step
+            self.tokens_seen = extra.get("tokens_seen", 0)
+            change = self.data.load_state_dict(extra["data"])
+            self.metrics.event(f"resumed {self.phase.name} from {latest} at step {self.step}"
+                               f" (SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)})",
+                               checkpoint=str(latest), step=self.step)
+            if change:
+                self.metrics.event(change, blend_change=True, step=self.step)
+            return
+        source = self._init_source()
+        if source is None:
+            return
+        template = {"optim": {n: {"master": d["master"]} for n, d in
+                              checkpoint_state(self.model, self.opt, self.mesh)["optim"].items()}}
+        extra = self.ckpt.load(source, template)
+        self.opt.reload_params_from_masters()
+        self.opt.reset_moments()
+        self.global_step_offset = extra.get("global_step", extra.get("step", 0))
+        self.metrics.event(f"{self.phase.name} starts from the weights of {source}", init_from=str(source))
+
+    def _init_source(self):
+        init = self.phase.init_from
+        if init is None or (init == "previous" and self.phase_index == 0):
+            return None
+        if init != "previous":
+            return resolve_path(init, f"phases[{self.phase_index}].init_from", self.config_file)
+        prev = self.cfg.phases[self.phase_index - 1].name
+        path = self.ckpt.final_checkpoint(prev, missing_ok=True)
+        if path is None:
+            raise FileNotFoundError(
+                f"{self.phase.name} starts from {prev}'s final checkpoint, but {self.ckpt.root}/{prev} "
+                f"has none: train {prev} first, or set phases[{self.phase_index}].init_from to a "
+                "checkpoint path or null")
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def save(self, phase_end: bool = False):
+        extra = {"step": self.step, "global_step": self.global_step_offset + self.step,
+                 "phase": self.phase.name, "tokens_seen": self.tokens_seen,
+                 "data": self.data.state_dict()}
+        return self.ckpt.save(checkpoint_state(self.model, self.opt, self.mesh, extra), self.step,
+                              self.phase.name, phase_end=phase_end)
+
+    def run(self, max_steps: int | None = None) -> PhaseResult:
+        ps, cfg = self.pstate, self.cfg
+        stop = StopRequest()
+        stop.install()
+        if self.step >= self.steps:
+            self.metrics.event(f"{self.phase.name} is already complete ({self.step}/{self.steps} steps)")
+            return PhaseResult(self.phase.name, "complete", self.step, self.steps, None, None)
+        if ps.is_main:
+            print(self.data.describe(), flush=True)
+        batches = self.data.batches(dp_rank=ps.dp_rank, dp_size=ps.dp_size)
+        tokens_per_step = self.phase.global_batch_size * self.phase.seq_len
+        t_start, first_step, last_loss, skips, status = time.time(), self.step, None, 0, "complete"
+        try:
+            for microbatches in batches:
+                t0 = time.time()
+                lr = lr_at(self.step, self.phase.schedule, self.steps, cfg.optim.lr)
+                try:
+                    res = train_step(self.model, self.opt, microbatches, lr, ps, cfg.training.on_nonfinite)
+                except NonFiniteLoss as e:
+                    path = self.save()
+                    self.ckpt.wait()
+                    raise NonFiniteLoss(f"{e} at step {self.step + 1} of {self.phase.name}; the last "
+                                        f"good state is saved in {path}. Lower the learning rate, "
+                                        "check the data, or set training.on_nonfinite=skip") from None
+                skips = skips + 1 if res.skipped else 0
+                if skips > cfg.training.max_skips:
+                    raise NonFiniteLoss(f"{skips} non-finite steps in a row at step {self.step}: stopping")
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                last_loss = res.loss
+                dt = time.time() - t0
+                elapsed = time.time() - t_start
+                tok_s = tokens_per_step / dt
+                tflops = tok_s * self.flops_per_token / ps.world_size / 1e12
+                self.metrics.log({
+                    "phase": self.phase.name, "step": self.step, "steps": self.steps,
+                    "global_step": self.global_step_offset + self.step, "loss": res.loss, "lr": lr,
+                    "grad_norm": res.grad_norm, "tokens": self.tokens_seen, "tokens_per_s": tok_s,
+                    "tflops": tflops, "mfu": tflops / cfg.training.peak_tflops if ps.device.type == "cuda" else None,
+                    "mem_gib": _memory_gib(ps.device), "skipped": res.skipped, "step_s": dt,
+                    "eta_s": elapsed / (self.step - first_step) * (self.steps - self.step),
+                }, force=self.step == self.steps)
+                if self.step >= self.steps:
+                    break
+                if self.step % cfg.checkpoint.save_interval == 0:
+                    self.save()
+                if stop.agreed(ps):
+                    self.save()
+                    status = "stopped"
+                    self.metrics.event(f"stop requested ({stop.signal or 'another rank'}): "
+                                       f"checkpoint saved at step {self.step}")
+                    break
+                if max_steps is not None and self.step - first_step >= max_steps:
+                    status = "max_steps"
+                    break
+            if status == "complete":
+                if self.step < self.steps:
+                    raise RuntimeError(f"the data of {self.phase.name} ended at step {self.step} "
+                                       f"before the phase's {self.steps} steps")
+                path = self.save(phase_end=True)
+                self.metrics.event(f"{self.phase.name} complete at step {self.step}: {path}")
+            path = self.ckpt.wait()
+        finally:
+            stop.uninstall()
+        return PhaseResult(self.phase.name, status, self.step, self.steps, last_loss,
+                           str(path) if path else None)
+
+    def close(self):
+        self.ckpt.close()
+        self.metrics.close()
+
+
+def train_phase(cfg: RunConfig, phase: str, *, config_file=None, max_steps=None) -> PhaseResult:
+    trainer = Trainer(cfg, phase, config_file=config_file)
+    try:
+        trainer.restore()
+        return trainer.run(max_steps=max_steps)
+    finally:
+        trainer.close()
