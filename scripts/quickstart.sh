@@ -22,4 +22,14 @@ for lang, s in manifest["datasets"].items():
     assert len(ds) == s["documents"] and int(ds.sequence_lengths.sum()) == s["tokens"], lang
     print(f"  {lang}: {len(ds)} documents, {s['tokens']} tokens, read by megatron-core")
 PY
+export SNOWTRAIN_QUICKSTART="$OUT"
+RECIPE=configs/recipe/quickstart.yaml
+echo "== plan: what each phase costs"
+snowtrain plan --config "$RECIPE" --phase phase1 --gpus 1
+
+echo "== train: the tiny model through all three phases (resumes if run again)"
+snowtrain train --config "$RECIPE" --phase all
+
+echo "== plot: loss across phases"
+snowtrain plot "$OUT/logs" --out "$OUT/loss.png"
 echo "quickstart done: $OUT"

@@ -88,7 +88,8 @@ def test_config_defaults_and_from_dict():
 
 
 def test_license_rank():
-    assert license_rank(["MIT"]) == license_rank(["apache-2.0"]) == license_rank(["BSD-2-Clause"]) == 0
+    assert license_rank(["MIT"]) == license_rank(["apache-2.0"]) == 0
+    assert license_rank(["BSD-2-Clause"]) == license_rank(["bsd-3-clause"]) == 0
     assert license_rank(["LGPL-2.1-only"]) == 1
     assert license_rank(["GPL-3.0-or-later"]) == license_rank(["AGPL-3.0"]) == 2
     assert license_rank(["SomethingElse"]) == 3

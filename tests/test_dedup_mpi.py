@@ -52,7 +52,8 @@ pytestmark = [
 
 def run_ranks(n: int, out: Path, seed: int, mode: str) -> list[dict]:
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join(p for p in [str(HERE.parent),
+                                                      os.environ.get("PYTHONPATH", "")] if p))
     cmd = [MPIEXEC, "-n", str(n), "--oversubscribe", sys.executable, str(DRIVER), str(out),
            str(seed), mode]
     try:
