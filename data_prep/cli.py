@@ -9,12 +9,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="data-prep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    q = sub.add_parser("quickstart", help="toy-scale data on the embedded corpus")
-    q.add_argument("--out", default="runs/quickstart/data")
-    q.add_argument("--max-mb", type=float, default=8.0, help="most corpus text to read")
-    q.add_argument("--fraction", type=float, default=0.035, help="share of the embedded files to sample")
-    q.add_argument("--vocab-size", type=int, default=4096)
-    q.add_argument("--seed", type=int, default=1234)
+    p1 = sub.add_parser("phase1", help="raw code -> filtered, deduplicated, decontaminated, "
+                        "repository-grouped, tokenized datasets (run under mpirun/srun for many ranks)")
+    p1.add_argument("--config", required=True, help="pipeline YAML (see configs/data_prep/)")
+    p1.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p1.add_argument("--restart", action="store_true",
+                    help="discard the intermediate results of an earlier run with another config")
+    p1.add_argument("--no-progress", action="store_true")
 
     i = sub.add_parser("inspect", help="print counts of a .bin/.idx dataset and decode a sample")
     i.add_argument("prefix", help="dataset prefix (path without .bin/.idx)")
@@ -23,9 +24,16 @@ def main(argv=None) -> int:
     i.add_argument("--max-tokens", type=int, default=64)
 
     args = ap.parse_args(argv)
-    if args.cmd == "quickstart":
-        from .quickstart import run_quickstart_data
-        run_quickstart_data(args.out, max_mb=args.max_mb, fraction=args.fraction, vocab_size=args.vocab_size, seed=args.seed)
+    if args.cmd == "phase1":
+        from snowtrain.config import ConfigError
+        from .pipeline import Phase1, load_phase1_config
+        from .sources import SourceError
+        try:
+            cfg = load_phase1_config(args.config, args.overrides)
+            Phase1(cfg, restart=args.restart, progress=not args.no_progress).run()
+        except (ConfigError, SourceError) as e:
+            print(f"data-prep phase1: {e}", file=sys.stderr)
+            return 2
     elif args.cmd == "inspect":
         from .indexed import inspect_dataset
         try:

@@ -65,14 +65,14 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     if not sample:
         raise ValueError("no text to train the tokenizer on: every document was dropped upstream")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sample), model_writer=model, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, character_coverage=0.9999,
-        pad_id=0, unk_id=1, bos_id=-1, eos_id=2, pad_piece=PAD, unk_piece=UNK, eos_piece=EOD,
-        user_defined_symbols=[*MARKERS, "\n"], normalization_rule_name="identity",
-        remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
-        split_digits=True, max_sentence_length=4 * chunk_chars + 16, seed_sentencepiece_size=10**6,
-        num_threads=threads or os.cpu_count() or 1, minloglevel=2)
+    try:
+        _train(spm, sample, model, vocab_size, threads, chunk_chars)
+    except RuntimeError as e:
+        if "Vocabulary size too high" in str(e):
+            raise ValueError(f"the tokenizer's vocab_size={vocab_size} is too large for so little "
+                             f"text ({str(e).split('Please')[-1].strip()}): lower the vocab size or "
+                             "give more data") from None
+        raise
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "tokenizer.model"
@@ -81,6 +81,17 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     _atomic_write(out / "special_tokens.json",
                   json.dumps(asdict(tok.special), indent=2).encode())
     return model_path
+
+
+def _train(spm, sample, model, vocab_size, threads, chunk_chars) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sample), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=0.9999,
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=2, pad_piece=PAD, unk_piece=UNK, eos_piece=EOD,
+        user_defined_symbols=[*MARKERS, "\n"], normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+        split_digits=True, max_sentence_length=4 * chunk_chars + 16, seed_sentencepiece_size=10**6,
+        num_threads=threads or os.cpu_count() or 1, minloglevel=2)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -101,7 +112,7 @@ class Tokenizer:
         self.path = Path(model_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"tokenizer model {self.path} not found; train one with "
-                                    "data-prep (phase1 or quickstart) or pass the right path")
+                                    "data-prep phase1 or pass the right path")
         self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         ids = {name: self.sp.piece_to_id(piece) for name, piece in
                [("pad", PAD), ("unk", UNK), ("eod", EOD), ("repo_name", REPO_NAME),

@@ -9,20 +9,23 @@ export PATH="$VENV/bin:$PATH"
 OUT="${SNOWTRAIN_QUICKSTART:-$ROOT/runs/quickstart}"
 cd "$ROOT"
 
-echo "== data: embedded corpus -> tokenizer -> indexed datasets ($OUT/data)"
-data-prep quickstart --out "$OUT/data"
+export SNOWTRAIN_QUICKSTART="$OUT"
+echo "== data: phase 1 on the embedded corpus: filter, dedup, decontaminate, group, tokenize"
+data-prep phase1 --config configs/data_prep/quickstart.yaml
+data-prep inspect "$OUT/data/phase1/python_text_document" \
+    --tokenizer "$OUT/data/phase1/tokenizer/tokenizer.model" --max-tokens 40
 
 echo "== check: megatron-core reads what was written"
-python - "$OUT/data" <<'PY'
+python - "$OUT/data/phase1" <<'PY'
 import json, sys
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 manifest = json.load(open(f"{sys.argv[1]}/manifest.json"))
-for lang, s in manifest["datasets"].items():
-    ds = IndexedDataset(s["prefix"])
-    assert len(ds) == s["documents"] and int(ds.sequence_lengths.sum()) == s["tokens"], lang
-    print(f"  {lang}: {len(ds)} documents, {s['tokens']} tokens, read by megatron-core")
+for lang, s in manifest["languages"].items():
+    t = s["tokenize"]
+    ds = IndexedDataset(t["dataset"])
+    assert len(ds) == t["documents"] and int(ds.sequence_lengths.sum()) == t["tokens"], lang
+    print(f"  {lang}: {len(ds)} documents, {t['tokens']} tokens, read by megatron-core")
 PY
-export SNOWTRAIN_QUICKSTART="$OUT"
 RECIPE=configs/recipe/quickstart.yaml
 echo "== plan: what each phase costs"
 snowtrain plan --config "$RECIPE" --phase phase1 --gpus 1

@@ -278,6 +278,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp)).replace("NoneType", "null")
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is dict or origin is dict:
+        return "mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -305,6 +307,10 @@ def _convert(value: Any, tp: Any, key: str, file) -> Any:
             raise ConfigError(f"{value!r} is not one of {list(choices)}", file=file, key=key,
                               fix=f"use one of {list(choices)}" + _suggest(str(value), map(str, choices)))
         return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)  # free-form: its own section checks its keys
     if origin is list:
         if not isinstance(value, list):
             raise bad()

@@ -74,38 +74,46 @@ class TreeSource:
             for name in sorted(filenames):
                 yield Path(dirpath) / name
 
+    def units(self) -> list[tuple[Path, str, Path, bool]]:
+        """Independent pieces of work: (root, repository name, folder, recursive)."""
+        return [(root, repo, top, rec) for root in self.roots for repo, top, rec in self._repos(root)]
+
+    def iter_unit(self, unit) -> Iterator[Record]:
+        root, repo, top, recursive = unit
+        for path in self._files(top, recursive):
+            lang = language_of(path.name)
+            if lang is None or (self.languages and lang not in self.languages):
+                continue
+            rel = path.relative_to(top).as_posix()
+            rid = f"{root.name}/{repo}/{rel}"
+            if not _keep_by_hash(rid, self.sample_fraction):
+                continue
+            self.read += 1
+            try:
+                size = path.stat().st_size
+                if size > self.max_file_bytes:
+                    self.dropped["too_large"] += 1
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                self.dropped["unreadable"] += 1
+                continue
+            if not data.strip():
+                self.dropped["empty"] += 1
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.dropped["invalid_utf8"] += 1
+                continue
+            yield Record(id=rid, content=text, lang=lang, repo=f"{root.name}/{repo}",
+                         path=rel, source=str(path))
+
     def __iter__(self) -> Iterator[Record]:
         total = 0
-        for root in self.roots:
-            for repo, top, recursive in self._repos(root):
-                for path in self._files(top, recursive):
-                    lang = language_of(path.name)
-                    if lang is None or (self.languages and lang not in self.languages):
-                        continue
-                    rel = path.relative_to(top).as_posix()
-                    rid = f"{root.name}/{repo}/{rel}"
-                    if not _keep_by_hash(rid, self.sample_fraction):
-                        continue
-                    self.read += 1
-                    try:
-                        size = path.stat().st_size
-                        if size > self.max_file_bytes:
-                            self.dropped["too_large"] += 1
-                            continue
-                        data = path.read_bytes()
-                    except OSError:
-                        self.dropped["unreadable"] += 1
-                        continue
-                    if not data.strip():
-                        self.dropped["empty"] += 1
-                        continue
-                    try:
-                        text = data.decode("utf-8")
-                    except UnicodeDecodeError:
-                        self.dropped["invalid_utf8"] += 1
-                        continue
-                    yield Record(id=rid, content=text, lang=lang, repo=f"{root.name}/{repo}",
-                                 path=rel, source=str(path))
-                    total += len(data)
-                    if self.max_total_bytes and total >= self.max_total_bytes:
-                        return
+        for unit in self.units():
+            for rec in self.iter_unit(unit):
+                yield rec
+                total += len(rec.content.encode())
+                if self.max_total_bytes and total >= self.max_total_bytes:
+                    return

@@ -1,0 +1,130 @@
+"""The phase-1 pipeline's YAML: sources, filters, deduplication, decontamination, grouping,
+tokenizer and tokenization. Unknown keys and wrong types are errors naming the key."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+from snowtrain.config import ConfigError, _read_yaml, apply_override, config_from_dict, resolve_path
+
+
+@dataclass
+class SourceConfig:
+    # tree: folders whose top-level subfolders are repositories; embedded: the standard library
+    # and installed packages (the quickstart's corpus); parquet: The Stack v1-style shards;
+    # jsonl: one object per line.
+    type: Literal["tree", "embedded", "parquet", "jsonl"] = "tree"
+    paths: list[str] = field(default_factory=list)
+    # parquet: column names (The Stack v1 by default); jsonl: field names.
+    columns: Optional[dict] = None
+    # A stable hash-chosen share of the files (tree/embedded), for small runs.
+    sample_fraction: float = 1.0
+
+
+@dataclass
+class DedupStageConfig:
+    enabled: bool = True
+    # For exact: {preference}; for near: NearDedupConfig's keys (ngram, num_perm, bands, rows,
+    # threshold, verify, preference, ...).
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DecontamStageConfig:
+    enabled: bool = True
+    # DecontamConfig's keys: humaneval, benchmarks (JSONL paths), mode, ngram, min_chars, ...
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class GroupingConfig:
+    seed: int = 1234
+    # A repository larger than this is split into several documents at file boundaries.
+    max_doc_chars: int = 1 << 20
+
+
+@dataclass
+class TokenizerStageConfig:
+    # An existing tokenizer.model to use; null: train one on a sample of the documents.
+    model: Optional[str] = None
+    vocab_size: int = 64000
+    # Documents are sampled by a stable hash until about this much text is gathered.
+    sample_mb: float = 1024.0
+    seed: int = 0
+    # Fixed so that the trained model does not depend on how many ranks ran.
+    threads: int = 2
+
+
+@dataclass
+class Phase1Config:
+    output: str = "data/phase1"
+    # Intermediate results that make a killed run resumable; default <output>/.work.
+    work_dir: Optional[str] = None
+    sources: list[SourceConfig] = field(default_factory=list)
+    # Keep only these languages (our names: python, java, cpp, ...); null: all.
+    languages: Optional[list[str]] = None
+    max_file_bytes: int = 1 << 20
+    filters: dict = field(default_factory=dict)
+    exact_dedup: DedupStageConfig = field(default_factory=DedupStageConfig)
+    near_dedup: DedupStageConfig = field(default_factory=DedupStageConfig)
+    decontamination: DecontamStageConfig = field(default_factory=DecontamStageConfig)
+    grouping: GroupingConfig = field(default_factory=GroupingConfig)
+    tokenizer: TokenizerStageConfig = field(default_factory=TokenizerStageConfig)
+    # Repositories are hashed into this many buckets, the unit of grouping and tokenization;
+    # the output does not depend on the number of ranks.
+    buckets: int = 64
+    # Processes per rank for reading and filtering; null: the cores of the node / local ranks.
+    workers: Optional[int] = None
+    funnel_png: bool = True
+
+
+def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config:
+    path = Path(path)
+    data = _read_yaml(path) or {}
+    for ov in overrides or []:
+        apply_override(data, ov)
+    cfg = config_from_dict(data, Phase1Config, file=path)
+    if not cfg.sources:
+        raise ConfigError("no sources", file=path, key="sources",
+                          fix="list at least one source, e.g. - {type: parquet, paths: [shards/*.parquet]}")
+    for i, s in enumerate(cfg.sources):
+        if s.type != "embedded" and not s.paths:
+            raise ConfigError("no paths", file=path, key=f"sources[{i}].paths",
+                              fix="list the files, globs or folders to read")
+        if not 0 < s.sample_fraction <= 1:
+            raise ConfigError(f"sample_fraction must be in (0, 1], got {s.sample_fraction}",
+                              file=path, key=f"sources[{i}].sample_fraction", fix="use e.g. 0.1")
+    cfg.output = resolve_path(cfg.output, "output", path)
+    if cfg.work_dir:
+        cfg.work_dir = resolve_path(cfg.work_dir, "work_dir", path)
+    for i, s in enumerate(cfg.sources):
+        s.paths = [resolve_path(p, f"sources[{i}].paths", path) for p in s.paths]
+    if cfg.tokenizer.model:
+        cfg.tokenizer.model = resolve_path(cfg.tokenizer.model, "tokenizer.model", path)
+    if cfg.buckets < 1:
+        raise ConfigError("buckets must be >= 1", file=path, key="buckets", fix="use e.g. 64")
+    _check_section(cfg, path)
+    return cfg
+
+
+def _check_section(cfg: Phase1Config, path) -> None:
+    """The stage sections are checked by their own modules; report their errors with the file."""
+    from ..decontam import DecontamConfig
+    from ..dedup import ExactDedupConfig, NearDedupConfig
+    from ..filters import FilterConfig
+    for key, fn in (("filters", lambda: FilterConfig.from_dict(cfg.filters)),
+                    ("exact_dedup.options", lambda: ExactDedupConfig.from_dict(cfg.exact_dedup.options)),
+                    ("near_dedup.options", lambda: NearDedupConfig.from_dict(cfg.near_dedup.options)),
+                    ("decontamination.options", lambda: DecontamConfig.from_dict(cfg.decontamination.options))):
+        try:
+            fn()
+        except (ValueError, TypeError) as e:
+            raise ConfigError(str(e), file=path, key=key, fix="fix or remove the key") from None
+
+
+def dump(cfg: Phase1Config) -> str:
+    import dataclasses
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=True)

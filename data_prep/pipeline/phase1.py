@@ -1,0 +1,370 @@
+"""Phase 1: raw code -> filtered, deduplicated, decontaminated, repository-grouped, tokenized
+Megatron datasets, one per language, on one process or many MPI ranks with the same bytes out.
+
+Work is cut into units that do not depend on the number of ranks: input units (a repository
+folder, a parquet or JSONL file) for reading, filtering and decontamination, and repository
+buckets (hash of language and repository) for grouping and tokenization. Every unit's result is
+written atomically under the work folder, so a killed run started again redoes only what had not
+finished, and the outputs are byte-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..comm import local_size, world
+from ..grouping import repository_documents
+from ..indexed import IndexedDatasetWriter, merge_datasets
+from ..records import Record
+from ..sources import JsonlSource, ParquetSource, TreeSource, embedded_roots
+from ..sources.errors import resolve_inputs
+from ..tokenizer import Tokenizer, train_tokenizer
+from .config import Phase1Config, dump
+from .manifest import build_manifest, render_funnel
+
+STAGES = ("read", "filter", "exact_dedup", "near_dedup", "decontaminate", "group", "tokenize")
+
+
+def _atomic_pickle(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def bucket_of(lang: str, repo: str, buckets: int) -> int:
+    h = hashlib.blake2b(f"{lang}\0{repo}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") % buckets
+
+
+def _stable_fraction(key: str) -> float:
+    h = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+# ----------------------------------------------------------------------------- sources -> units
+
+def _source(cfg: Phase1Config, i: int, files=None):
+    s = cfg.sources[i]
+    if s.type in ("tree", "embedded"):
+        roots = embedded_roots() if s.type == "embedded" else [Path(p) for p in s.paths]
+        return TreeSource(roots, languages=cfg.languages, max_file_bytes=cfg.max_file_bytes,
+                          sample_fraction=s.sample_fraction)
+    cls, key = (ParquetSource, "columns") if s.type == "parquet" else (JsonlSource, "fields")
+    return cls(files or s.paths, **{key: s.columns}, languages=cfg.languages,
+               max_file_bytes=cfg.max_file_bytes)
+
+
+def list_units(cfg: Phase1Config) -> list[tuple[int, object]]:
+    """(source index, unit) for every input unit, in a fixed order."""
+    units = []
+    for i, s in enumerate(cfg.sources):
+        if s.type in ("tree", "embedded"):
+            units += [(i, u) for u in _source(cfg, i).units()]
+        else:
+            exts = (".parquet", ".parq") if s.type == "parquet" else (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+            units += [(i, str(f)) for f in resolve_inputs(s.paths, exts, s.type)]
+    return units
+
+
+def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, out: Path) -> None:
+    """Reads one unit and applies the filters; writes kept records and the unit's counts."""
+    from ..filters import FilterChain
+    src = _source(cfg, source_index, [unit] if isinstance(unit, str) else None)
+    chain = FilterChain(cfg.filters)
+    records = src.iter_unit(unit) if isinstance(src, TreeSource) else iter(src)
+    kept: list[Record] = []
+    per_lang: dict[str, dict] = defaultdict(lambda: {"in": 0, "kept": 0, "dropped": Counter()})
+    for rec in records:
+        c = per_lang[rec.lang]
+        c["in"] += 1
+        reason = chain.reason(rec)
+        if reason is None:
+            c["kept"] += 1
+            kept.append(rec)
+        else:
+            c["dropped"][reason] += 1
+    _atomic_pickle(out, kept)
+    # The counts are written last: their presence marks the unit as done.
+    _atomic_text(out.with_suffix(".json"), json.dumps({
+        "unit": index, "read": src.read, "source_dropped": dict(src.dropped),
+        "problems": [p._asdict() for p in getattr(src, "problems", [])][:20],
+        "filter": {k: {"in": v["in"], "kept": v["kept"], "dropped": dict(v["dropped"])}
+                   for k, v in sorted(per_lang.items())},
+    }, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Phase1:
+    def __init__(self, cfg: Phase1Config, *, comm=None, restart: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.comm = comm or world()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.out = Path(cfg.output)
+        self.work = Path(cfg.work_dir) if cfg.work_dir else self.out / ".work"
+        self.progress = progress and self.rank == 0
+        self.timings: dict[str, float] = {}
+        if self.rank == 0:
+            self._check_work_dir(restart)
+        self.comm.barrier()
+
+    def _check_work_dir(self, restart: bool) -> None:
+        stamp = self.work / "config.yaml"
+        text = dump(self.cfg)
+        if stamp.exists() and stamp.read_text() != text:
+            if not restart:
+                raise RuntimeError(
+                    f"{self.work} holds a run with a different configuration ({stamp}); start over "
+                    "with --restart (deletes the intermediate results) or give another output")
+        if restart and self.work.exists():
+            shutil.rmtree(self.work)
+        _atomic_text(stamp, text)
+
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"[phase1] {msg}", flush=True)
+
+    def _bar(self, total, desc, unit="unit"):
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True)
+
+    def _mine(self, n: int) -> list[int]:
+        return [i for i in range(n) if i % self.size == self.rank]
+
+    def _timed(self, name, fn):
+        t = time.time()
+        result = fn()
+        self.timings[name] = round(time.time() - t, 3)
+        return result
+
+    # ------------------------------------------------------------------ stages
+    def run(self) -> dict | None:
+        units = self._timed("list", lambda: list_units(self.cfg))
+        self.log(f"{len(units)} input units on {self.size} rank(s)")
+        self._timed("read_filter", lambda: self.read_filter(units))
+        self.comm.barrier()
+        self._timed("dedup", lambda: self.dedup(len(units)))
+        self._timed("decontaminate", lambda: self.decontaminate(len(units)))
+        self.comm.barrier()
+        self._timed("group", lambda: self.group(len(units)))
+        self.comm.barrier()
+        model = self._timed("tokenizer", self.tokenizer)
+        self._timed("tokenize", lambda: self.tokenize(model))
+        self.comm.barrier()
+        manifest = None
+        if self.rank == 0:
+            manifest = self._timed("merge", lambda: self.merge(len(units), model))
+            _atomic_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
+        self.comm.barrier()
+        return manifest
+
+    def _unit_path(self, stage: str, i: int) -> Path:
+        return self.work / stage / f"u{i:06d}.pkl"
+
+    def read_filter(self, units) -> None:
+        todo = [i for i in self._mine(len(units))
+                if not self._unit_path("read", i).with_suffix(".json").exists()]
+        workers = self.cfg.workers or max(1, (os.cpu_count() or 1) // max(local_size(), self.size if self.size > 1 else 1))
+        with self._bar(len(todo), "read+filter") as bar:
+            if workers <= 1 or len(todo) <= 1:
+                for i in todo:
+                    _read_filter_unit(self.cfg, i, *units[i], self._unit_path("read", i))
+                    bar.update()
+            else:
+                with ProcessPoolExecutor(workers) as pool:
+                    futures = [pool.submit(_read_filter_unit, self.cfg, i, *units[i], self._unit_path("read", i))
+                               for i in todo]
+                    for f in futures:
+                        f.result()
+                        bar.update()
+
+    def _my_records(self, n_units: int) -> list[Record]:
+        recs = []
+        for i in self._mine(n_units):
+            recs += _load(self._unit_path("read", i))
+        return recs
+
+    def dedup(self, n_units: int) -> None:
+        from ..dedup import exact_dedup, near_dedup
+        done = self.work / "dedup.pkl"
+        if done.exists():
+            return
+        records = self._my_records(n_units)
+        lang = {r.id: r.lang for r in records}
+        result = {"exact": {}, "near": {}}
+        if self.cfg.exact_dedup.enabled:
+            self.log("exact dedup")
+            res = exact_dedup(records, self.cfg.exact_dedup.options, comm=self._dedup_comm())
+            result["exact"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
+            records = [r for r in records if r.id not in res.dropped]
+        if self.cfg.near_dedup.enabled:
+            self.log("near dedup (MinHash LSH)")
+            res = near_dedup(records, self.cfg.near_dedup.options, comm=self._dedup_comm(),
+                             progress=self.progress)
+            result["near"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
+        parts = self.comm.gather(result, root=0)
+        if self.rank == 0:
+            merged = {"exact": {}, "near": {}}
+            for p in parts:
+                merged["exact"].update(p["exact"])
+                merged["near"].update(p["near"])
+            merged = {k: dict(sorted(v.items())) for k, v in merged.items()}
+            _atomic_pickle(done, merged)
+        self.comm.barrier()
+
+    def _dedup_comm(self):
+        return None if self.size == 1 else self.comm
+
+    def decontaminate(self, n_units: int) -> None:
+        from ..decontam import DecontamConfig, Decontaminator
+        dropped = _load(self.work / "dedup.pkl")
+        gone = set(dropped["exact"]) | set(dropped["near"])
+        dec = Decontaminator(DecontamConfig.from_dict(self.cfg.decontamination.options)) \
+            if self.cfg.decontamination.enabled else None
+        todo = [i for i in self._mine(n_units) if not self._unit_path("decontam", i).exists()]
+        with self._bar(len(todo), "decontaminate") as bar:
+            for i in todo:
+                removed = {}
+                if dec is not None:
+                    for r in _load(self._unit_path("read", i)):
+                        if r.id not in gone and (m := dec.match(r.content)) is not None:
+                            removed[r.id] = {"benchmark": m.benchmark, "task_id": m.task_id,
+                                             "field": m.field, "lang": r.lang}
+                _atomic_pickle(self._unit_path("decontam", i), removed)
+                bar.update()
+
+    def _bucket_path(self, stage: str, b: int) -> Path:
+        return self.work / stage / f"b{b:05d}.pkl"
+
+    def group(self, n_units: int) -> None:
+        mine = [b for b in self._mine(self.cfg.buckets)
+                if not self._bucket_path("group", b).with_suffix(".json").exists()]
+        if not mine:
+            return
+        mine_set = set(mine)
+        dropped = _load(self.work / "dedup.pkl")
+        gone = set(dropped["exact"]) | set(dropped["near"])
+        for i in range(n_units):
+            gone |= set(_load(self._unit_path("decontam", i)))
+        per_bucket: dict[int, list[Record]] = defaultdict(list)
+        with self._bar(n_units, "group: collect") as bar:
+            for i in range(n_units):
+                for r in _load(self._unit_path("read", i)):
+                    b = bucket_of(r.lang, r.repo, self.cfg.buckets)
+                    if b in mine_set and r.id not in gone:
+                        per_bucket[b].append(r)
+                bar.update()
+        g = self.cfg.grouping
+        for b in mine:
+            files = per_bucket.get(b, [])
+            docs = list(repository_documents(files, seed=g.seed, max_chars=g.max_doc_chars))
+            counts: dict = defaultdict(lambda: {"files": 0, "documents": 0, "repositories": 0})
+            for r in files:
+                counts[r.lang]["files"] += 1
+            for d in docs:
+                counts[d.lang]["documents"] += 1
+                counts[d.lang]["repositories"] += d.part == 0
+            _atomic_pickle(self._bucket_path("group", b), docs)
+            _atomic_text(self._bucket_path("group", b).with_suffix(".json"),
+                         json.dumps(dict(sorted(counts.items())), sort_keys=True))
+
+    def tokenizer(self) -> str:
+        tcfg = self.cfg.tokenizer
+        if tcfg.model:
+            Tokenizer(tcfg.model)  # fails early with a clear message if unusable
+            return tcfg.model
+        model = self.work / "tokenizer" / "tokenizer.model"
+        if self.rank == 0 and not model.exists():
+            self.log(f"training a {tcfg.vocab_size}-piece tokenizer")
+            total = 0
+            for b in range(self.cfg.buckets):
+                total += sum(len(d.text) for d in _load(self._bucket_path("group", b)))
+            share = min(1.0, tcfg.sample_mb * 2**20 / max(1, total))
+
+            def sample():
+                for b in range(self.cfg.buckets):
+                    for d in _load(self._bucket_path("group", b)):
+                        if _stable_fraction(f"{tcfg.seed}\0{d.lang}\0{d.repo}\0{d.part}") < share:
+                            yield d.text
+            train_tokenizer(sample(), model.parent, tcfg.vocab_size, seed=tcfg.seed, threads=tcfg.threads)
+        self.comm.barrier()
+        return str(model)
+
+    def tokenize(self, model: str) -> None:
+        tok = Tokenizer(model)
+        eod = tok.special.eod
+        threads = max(1, (os.cpu_count() or 1) // max(local_size(), 1 if self.size == 1 else 1))
+        mine = [b for b in self._mine(self.cfg.buckets)
+                if not (self.work / "tok" / f"b{b:05d}" / "done.json").exists()]
+        with self._bar(len(mine), "tokenize", unit="bucket") as bar:
+            for b in mine:
+                folder = self.work / "tok" / f"b{b:05d}"
+                by_lang = defaultdict(list)
+                for d in _load(self._bucket_path("group", b)):
+                    by_lang[d.lang].append(d.text)
+                counts = {}
+                for lang in sorted(by_lang):
+                    with IndexedDatasetWriter(str(folder / f"{lang}_text_document"),
+                                              vocab_size=tok.vocab_size) as w:
+                        texts = by_lang[lang]
+                        for start in range(0, len(texts), 256):
+                            for ids in tok.encode(texts[start:start + 256], threads=threads):
+                                ids.append(eod)
+                                w.add_document(ids)
+                    counts[lang] = {"documents": w.num_documents, "tokens": w.num_tokens}
+                _atomic_text(folder / "done.json", json.dumps(counts, sort_keys=True))
+                bar.update()
+
+    def merge(self, n_units: int, model: str) -> dict:
+        per_lang_prefixes = defaultdict(list)
+        for b in range(self.cfg.buckets):
+            folder = self.work / "tok" / f"b{b:05d}"
+            for lang in json.loads((folder / "done.json").read_text()):
+                per_lang_prefixes[lang].append(str(folder / f"{lang}_text_document"))
+        self.out.mkdir(parents=True, exist_ok=True)
+        datasets = {}
+        for lang in sorted(per_lang_prefixes):
+            prefix = str(self.out / f"{lang}_text_document")
+            merge_datasets(per_lang_prefixes[lang], prefix)
+            datasets[lang] = prefix
+        tok_dir = self.out / "tokenizer"
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.model", "special_tokens.json"):
+            src = Path(model).parent / name
+            if src.exists():
+                shutil.copyfile(src, tok_dir / f".{name}.tmp")
+                os.replace(tok_dir / f".{name}.tmp", tok_dir / name)
+        manifest = build_manifest(self, n_units, datasets)
+        _atomic_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        if self.cfg.funnel_png:
+            try:
+                render_funnel(manifest, self.out / "funnel.png")
+            except ImportError:
+                self.log("matplotlib is not installed: no funnel.png")
+        self.log(f"wrote {len(datasets)} datasets to {self.out}; manifest.json"
+                 + (", funnel.png" if (self.out / "funnel.png").exists() else ""))
+        return manifest
