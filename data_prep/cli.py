@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -16,6 +17,13 @@ def main(argv=None) -> int:
     p1.add_argument("--restart", action="store_true",
                     help="discard the intermediate results of an earlier run with another config")
     p1.add_argument("--no-progress", action="store_true")
+
+    t = sub.add_parser("tokenize", help="JSONL documents -> a .bin/.idx dataset (end-of-document appended)")
+    t.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl or .jsonl.gz)")
+    t.add_argument("--field", default="content", help="the JSON field holding the text")
+    t.add_argument("--tokenizer", required=True, help="sentencepiece model written by data-prep")
+    t.add_argument("--output", required=True, help="dataset prefix (without .bin/.idx)")
+    t.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
 
     i = sub.add_parser("inspect", help="print counts of a .bin/.idx dataset and decode a sample")
     i.add_argument("prefix", help="dataset prefix (path without .bin/.idx)")
@@ -34,6 +42,15 @@ def main(argv=None) -> int:
         except (ConfigError, SourceError) as e:
             print(f"data-prep phase1: {e}", file=sys.stderr)
             return 2
+    elif args.cmd == "tokenize":
+        from tqdm import tqdm
+        from .tokenize import encode_to_dataset, jsonl_texts
+        from .tokenizer import Tokenizer
+        total = sum(os.path.getsize(p) for p in args.input)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize") as bar:
+            docs, tokens = encode_to_dataset(jsonl_texts(args.input, args.field), Tokenizer(args.tokenizer),
+                                             args.output, threads=args.threads, progress=bar.update)
+        print(f"wrote {args.output}.bin/.idx: {docs} documents, {tokens} tokens")
     elif args.cmd == "inspect":
         from .indexed import inspect_dataset
         try:

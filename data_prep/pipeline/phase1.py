@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from ..comm import local_size, world
 from ..grouping import repository_documents
-from ..indexed import IndexedDatasetWriter, merge_datasets
+from ..indexed import merge_datasets
+from ..tokenize import encode_to_dataset
 from ..records import Record
 from ..sources import JsonlSource, ParquetSource, TreeSource, embedded_roots
 from ..sources.errors import resolve_inputs
@@ -188,7 +189,7 @@ class Phase1:
     def read_filter(self, units) -> None:
         todo = [i for i in self._mine(len(units))
                 if not self._unit_path("read", i).with_suffix(".json").exists()]
-        workers = self.cfg.workers or max(1, (os.cpu_count() or 1) // max(local_size(), self.size if self.size > 1 else 1))
+        workers = self.cfg.workers or max(1, (os.cpu_count() or 1) // local_size())
         with self._bar(len(todo), "read+filter") as bar:
             if workers <= 1 or len(todo) <= 1:
                 for i in todo:
@@ -316,8 +317,7 @@ class Phase1:
 
     def tokenize(self, model: str) -> None:
         tok = Tokenizer(model)
-        eod = tok.special.eod
-        threads = max(1, (os.cpu_count() or 1) // max(local_size(), 1 if self.size == 1 else 1))
+        threads = max(1, (os.cpu_count() or 1) // local_size())  # ranks on this node share its cores
         mine = [b for b in self._mine(self.cfg.buckets)
                 if not (self.work / "tok" / f"b{b:05d}" / "done.json").exists()]
         with self._bar(len(mine), "tokenize", unit="bucket") as bar:
@@ -328,14 +328,9 @@ class Phase1:
                     by_lang[d.lang].append(d.text)
                 counts = {}
                 for lang in sorted(by_lang):
-                    with IndexedDatasetWriter(str(folder / f"{lang}_text_document"),
-                                              vocab_size=tok.vocab_size) as w:
-                        texts = by_lang[lang]
-                        for start in range(0, len(texts), 256):
-                            for ids in tok.encode(texts[start:start + 256], threads=threads):
-                                ids.append(eod)
-                                w.add_document(ids)
-                    counts[lang] = {"documents": w.num_documents, "tokens": w.num_tokens}
+                    docs, tokens = encode_to_dataset(by_lang[lang], tok, folder / f"{lang}_text_document",
+                                                     threads=threads)
+                    counts[lang] = {"documents": docs, "tokens": tokens}
                 _atomic_text(folder / "done.json", json.dumps(counts, sort_keys=True))
                 bar.update()
 
