@@ -134,3 +134,33 @@ def test_same_global_weights_for_any_tp_size():
     for (name, p), p0, p1 in zip(full.named_parameters(), halves[0].parameters(), halves[1].parameters()):
         joined = p0.detach() if p.tp_dim is None else torch.cat([p0.detach(), p1.detach()], p.tp_dim)
         assert torch.equal(joined, p.detach()), name
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    cfg = ModelConfig(**TINY)
+    g = torch.Generator().manual_seed(6)
+    tokens = torch.randint(0, 512, (2, 32), generator=g)
+    grads = []
+    for ckpt in (False, True):
+        cfg.activation_checkpointing = ckpt
+        model = Llama(cfg, seed=5)
+        loss_sum, count = model(tokens, tokens.roll(-1, 1))
+        (loss_sum / count).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=0, msg=name)
+
+
+def test_bf16_compute_tracks_fp32():
+    """bf16 weights and activations (fp32 norms, rotary and loss inside) stay close to fp32."""
+    cfg = ModelConfig(**TINY)
+    tokens = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(8))
+    ref = Llama(cfg, seed=5)
+    low = Llama(cfg, seed=5, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in low.parameters())
+    l32 = (lambda s, n: s / n)(*ref(tokens, tokens.roll(-1, 1)))
+    l16 = (lambda s, n: s / n)(*low(tokens, tokens.roll(-1, 1)))
+    assert l16.dtype == torch.float32  # the loss is accumulated in fp32
+    assert abs(l16.item() - l32.item()) < 2e-2
+    l16.backward()
+    assert all(torch.isfinite(p.grad.float()).all() for p in low.parameters())

@@ -19,13 +19,15 @@ def data(tmp_path_factory):
     return make_datasets(tmp_path_factory.mktemp("data"))
 
 
-def test_stop_and_resume_reproduces_the_uninterrupted_run(tmp_path, data):
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_stop_and_resume_reproduces_the_uninterrupted_run(tmp_path, data, async_save):
     full = recipe(tmp_path / "full", data)
     res = train_phase(full, "p1")
     assert (res.status, res.step) == ("complete", 12)
     ref = losses(tmp_path / "full/logs")
 
     cut = recipe(tmp_path / "cut", data)
+    cut.checkpoint.async_save = async_save
     assert train_phase(cut, "p1", max_steps=6).status == "max_steps"   # last checkpoint: step 4
     res = train_phase(cut, "p1")
     assert res.status == "complete" and res.step == 12

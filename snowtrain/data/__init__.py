@@ -5,6 +5,12 @@
 - :class:`BlendSchedule`, :class:`Segment`, :class:`DataPosition` — the blend bookkeeping.
 - :func:`steps_for_phase`, :func:`weights_from_tokens`, :func:`normalize_weights`.
 """
+import warnings
+
+# megatron-core warns at import about optional accelerators we do not use from it.
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="megatron")
+
 from snowtrain.data.blend import (BlendCursor, BlendSchedule, DataPosition, Segment,
                                   greedy_picks, normalize_weights, steps_for_phase,
                                   weights_from_tokens)
