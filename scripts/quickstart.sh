@@ -35,4 +35,15 @@ snowtrain train --config "$RECIPE" --phase all
 
 echo "== plot: loss across phases"
 snowtrain plot "$OUT/logs" --out "$OUT/loss.png"
+echo "== export: the phase-3 model in the Hugging Face Llama format, and a sample from it"
+FINAL="$(ls -d "$OUT"/checkpoints/phase3/step_* | tail -1)"
+snowtrain export "$FINAL" --out "$OUT/hf"
+python - "$OUT/hf" <<'PY'
+import sys, torch, sentencepiece as spm, transformers
+model = transformers.LlamaForCausalLM.from_pretrained(sys.argv[1]).eval()
+sp = spm.SentencePieceProcessor(model_file=f"{sys.argv[1]}/tokenizer.model")
+ids = torch.tensor([sp.encode("<repo_name>demo\n<file_sep>main.py\nimport ")])
+out = model.generate(ids, max_new_tokens=24, do_sample=False)
+print("  sample:", repr(sp.decode(out[0].tolist())))
+PY
 echo "quickstart done: $OUT"

@@ -4,6 +4,7 @@
   snowtrain plan  --config R.yaml --phase phase1 --gpus 64
   snowtrain plot  LOG_DIR_OR_METRICS.jsonl ... --out loss.png
   snowtrain config --config R.yaml [--set k=v]
+  snowtrain export CHECKPOINT_DIR --out hf_model/      (Hugging Face Llama format)
 
 Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on a signal with
 a checkpoint saved (requeue and it resumes), 2 a configuration error, 1 anything else.
@@ -79,6 +80,11 @@ def main(argv=None) -> int:
     pl = sub.add_parser("plot", help="plot the loss curve across phases to a PNG")
     pl.add_argument("paths", nargs="+", help="log folders or metrics.jsonl files")
     pl.add_argument("--out", default="loss.png")
+    e = sub.add_parser("export", help="write a checkpoint in the Hugging Face Llama format")
+    e.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/phase3/step_00001192")
+    e.add_argument("--out", required=True)
+    e.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    e.add_argument("--tokenizer", default=None, help="default: the run config's tokenizer")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "config":
@@ -92,6 +98,11 @@ def main(argv=None) -> int:
             return _train(args)
         elif args.cmd == "plot":
             return _plot(args)
+        elif args.cmd == "export":
+            import torch
+            from .export import export_checkpoint
+            print(export_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype),
+                                    tokenizer=args.tokenizer))
     except ConfigError as e:
         print(f"snowtrain: config error: {e}", file=sys.stderr)
         return 2

@@ -135,3 +135,23 @@ def test_bad_input_is_a_clear_error(tmp_path, data):
     cfg.model.vocab_size = 256                      # the data holds ids up to 511
     with pytest.raises(Exception, match="vocab"):
         train_phase(cfg, "p1")
+
+
+def test_export_to_hugging_face_matches_our_logits(tmp_path, data):
+    transformers = pytest.importorskip("transformers")
+    from snowtrain.export import export_checkpoint
+    from snowtrain.model import Llama
+    cfg = recipe(tmp_path, data, steps=3, zero1=False)
+    train_phase(cfg, "p1")
+    ckpt = tmp_path / "ckpt/p1/step_00000003"
+    out = export_checkpoint(ckpt, tmp_path / "hf", dtype=torch.float32)
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(out)).eval()
+    ours = Llama(cfg.model, seed=cfg.seed)
+    from snowtrain.checkpoint import CheckpointManager
+    from snowtrain.optim import DistributedOptimizer
+    from snowtrain.train import checkpoint_state
+    opt = DistributedOptimizer(ours, cfg)
+    CheckpointManager(cfg.checkpoint).load(ckpt, checkpoint_state(ours, opt, None, {}))
+    tokens = torch.randint(0, 512, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, ours(tokens), rtol=1e-4, atol=1e-4)
