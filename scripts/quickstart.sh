@@ -16,7 +16,7 @@ data-prep inspect "$OUT/data/phase1/python_text_document" \
     --tokenizer "$OUT/data/phase1/tokenizer/tokenizer.model" --max-tokens 40
 
 echo "== check: megatron-core reads what was written"
-python - "$OUT/data/phase1" <<'PY'
+PYTHONWARNINGS=ignore python - "$OUT/data/phase1" <<'PY'
 import json, sys
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 manifest = json.load(open(f"{sys.argv[1]}/manifest.json"))

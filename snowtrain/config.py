@@ -34,6 +34,18 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- the dataclasses
 
 @dataclass
+class KernelsConfig:
+    """Which implementation each fusable op uses: torch (reference, runs anywhere), fused
+    (snowtrain's CUDA kernels, csrc/), te / apex where those packages are installed. fused on a
+    CPU falls back to torch with a warning, or fails when strict."""
+    rmsnorm: Literal["torch", "fused", "te", "apex"] = "torch"
+    swiglu: Literal["torch", "fused"] = "torch"
+    rope: Literal["torch", "fused", "te", "apex"] = "torch"
+    cross_entropy: Literal["torch", "fused", "te"] = "torch"
+    strict: bool = False
+
+
+@dataclass
 class ModelConfig:
     """Llama architecture. Defaults are the recipe's 1.3B model."""
     num_layers: int = 24
@@ -49,6 +61,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     activation_checkpointing: bool = False
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
 
     @property
     def kv_heads(self) -> int:

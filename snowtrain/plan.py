@@ -81,21 +81,27 @@ def plan_text(cfg: RunConfig, phase_name: str, gpus: int, mfu: float = 0.5,
     lines = [
         f"plan for {cfg.name} / {ph.name} on {gpus} GPUs (TP={tp}, DP={dp}"
         f"{', ZeRO-1' if cfg.parallel.zero1 else ''})",
-        f"  parameters           {n / 1e9:.3f} B",
-        f"  FLOPs per token      {fpt / 1e9:.2f} GFLOP (6N + 12 L h s, training)",
+        f"  parameters           {_si(n, 'B' if n >= 1e9 else 'M')}",
+        f"  FLOPs per token      {fpt / 1e9:.2f} GFLOP (6N + 12 L h s, training)" if fpt >= 1e8 else
+        f"  FLOPs per token      {fpt / 1e6:.2f} MFLOP (6N + 12 L h s, training)",
         f"  tokens per step      {tokens_step:,} ({ph.global_batch_size} x {ph.seq_len})",
-        f"  steps in phase       {steps:,} for {ph.tokens / 1e9:g} B tokens",
+        f"  steps in phase       {steps:,} for {ph.tokens / 1e9:g} B tokens" if ph.tokens >= 1e8 else
+        f"  steps in phase       {steps:,} for {ph.tokens:,} tokens",
         f"  micro-batches/step   {accum} per rank of {ph.micro_batch_size} sequences",
         f"  memory per GPU       {mem.total / GiB:.1f} GiB = weights {mem.weights / GiB:.1f} + "
         f"gradients {mem.gradients / GiB:.1f} + optimizer {mem.optimizer / GiB:.1f} + "
         f"activations {mem.activations / GiB:.1f} + loss {mem.loss / GiB:.1f}",
         f"  at {mfu:.0%} MFU          {per_gpu_tokens_s:,.0f} tokens/s per GPU "
-        f"({peak_tflops:g} TFLOP/s peak); phase takes {seconds / 3600:.1f} h "
+        f"({peak_tflops:g} TFLOP/s peak); phase takes {seconds / 3600:.2g} h "
         f"({seconds / 86400:.2f} days, {seconds * gpus / 3600:,.0f} GPU-hours)",
     ]
     problem = fit_problem(cfg, ph, tp, dp, gpu_memory_gib)
     lines.append(f"  fits {gpu_memory_gib:g} GiB?      " + ("yes" if problem is None else f"NO: {problem}"))
     return "\n".join(lines)
+
+
+def _si(n: float, unit: str) -> str:
+    return f"{n / 1e9:.3f} B" if unit == "B" else f"{n / 1e6:.3f} M"
 
 
 def fit_problem(cfg: RunConfig, ph: PhaseConfig, tp: int, dp: int, gpu_memory_gib: float) -> str | None:

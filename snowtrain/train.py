@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import kernels
 from .checkpoint import CheckpointManager, Replicate, Shard, device_mesh, to_dtensor
 from .config import RunConfig, check_dataset_paths, resolve_path, save_config
 from .data import PhaseData
@@ -109,6 +110,9 @@ class Trainer:
                              f"{cfg.parallel.data_parallel * ps.tp_size} ranks or set data_parallel: null")
         check_dataset_paths(cfg, phase, file=config_file)
         self._check_fit()
+        kernels.configure(cfg.model.kernels)
+        if any(getattr(cfg.model.kernels, op) == "fused" for op in kernels.OPS):
+            kernels.prepare()  # build or load the CUDA extension before the first step
         dtype = torch.bfloat16 if cfg.precision.compute_dtype == "bf16" else torch.float32
         self.model = Llama(cfg.model, TPGroup.from_state(ps), seed=cfg.seed, dtype=dtype, device=ps.device)
         self.opt = DistributedOptimizer(self.model, cfg, ps)

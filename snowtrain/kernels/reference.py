@@ -18,6 +18,13 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (y * weight.to(xf.dtype)).to(x.dtype)
 
 
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm block's "add, then normalise": (rmsnorm(h), h) with h = x + residual."""
+    h = x + residual
+    return rmsnorm(h, weight, eps), h
+
+
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
@@ -41,6 +48,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     xf = x.to(_compute_dtype(x))
     c, s = cos[None, :, None, :].to(xf.dtype), sin[None, :, None, :].to(xf.dtype)
     return (xf * c + _rotate_half(xf) * s).to(x.dtype)
+
+
+def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """apply_rope on queries and keys (which may have fewer heads)."""
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
 class _VocabParallelCE(torch.autograd.Function):

@@ -44,7 +44,7 @@ class Attention(nn.Module):
         q = self.q(x).view(b, s, self.heads, self.head_dim)
         k = self.k(x).view(b, s, self.kv_heads, self.head_dim)
         v = self.v(x).view(b, s, self.kv_heads, self.head_dim)
-        q, k = kernels.apply_rope(q, cos, sin), kernels.apply_rope(k, cos, sin)
+        q, k = kernels.apply_rope_qk(q, k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads, s, head_dim]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                              enable_gqa=self.kv_heads != self.heads)
@@ -74,8 +74,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, tp, layer, seed, dtype, device)
 
     def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+        attn = self.attn(self.attn_norm(x), cos, sin)
+        normed, x = kernels.add_rmsnorm(attn, x, self.mlp_norm.weight, self.mlp_norm.eps)
+        return x + self.mlp(normed)
 
 
 class Llama(nn.Module):
