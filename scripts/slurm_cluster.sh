@@ -3,8 +3,9 @@
 #
 #   bash scripts/slurm_cluster.sh install        apt-get install munge, slurmctld, slurmd, slurm-client
 #                                                (skipped when present; needs root and apt-get)
-#   bash scripts/slurm_cluster.sh start DIR      start munged, slurmctld and two slurmd (nodes n1, n2)
-#                                                with their config and state under DIR; prints the
+#   bash scripts/slurm_cluster.sh start DIR [G]  start munged, slurmctld and two slurmd (nodes n1, n2)
+#                                                with their config and state under DIR, G fake GPUs
+#                                                per node (default 0); prints the
 #                                                `export SLURM_CONF=...` line to use the cluster
 #   bash scripts/slurm_cluster.sh stop DIR       stop exactly the daemons `start DIR` started
 #
@@ -47,7 +48,7 @@ python_bin() {
 case "${1:-}" in
     install) install ;;
     start|stop)
-        [[ $# -eq 2 ]] || { echo "usage: $0 $1 DIR" >&2; exit 2; }
-        exec "$(python_bin)" "$ROOT/tests/slurm_cluster.py" "$1" "$2" ;;
-    *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        [[ $# -eq 2 || ($1 == start && $# -eq 3) ]] || { echo "usage: $0 start DIR [GPUS_PER_NODE] | stop DIR" >&2; exit 2; }
+        exec "$(python_bin)" "$ROOT/tests/slurm_cluster.py" "$@" ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
