@@ -6,8 +6,10 @@
   snowtrain config --config R.yaml [--set k=v]
   snowtrain export CHECKPOINT_DIR --out hf_model/      (Hugging Face Llama format)
 
-Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on a signal with
-a checkpoint saved (requeue and it resumes), 2 a configuration error, 1 anything else.
+Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on SIGUSR1 or
+SIGTERM with a checkpoint saved (requeue and it resumes), 2 a configuration error, 1 anything
+else. Signals reach the ranks directly under srun (one task per GPU, as launch/slurm does);
+torchrun's agent does not forward SIGUSR1 and reports a worker's exit 3 as 1.
 """
 from __future__ import annotations
 
@@ -27,17 +29,19 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
-    from .distributed import destroy_distributed
-    from .train import train_phase
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # before the slow imports: typos fail fast
     phases = [p.name for p in cfg.phases] if args.phase == "all" else [args.phase]
+    for name in phases:
+        cfg.phase(name)
+    from .distributed import destroy_distributed, get_state
+    from .train import train_phase
     try:
         for name in phases:
-            cfg.phase(name)
             result = train_phase(cfg, name, config_file=args.config, max_steps=args.max_steps)
-            print(f"snowtrain: {name} {result.status} at step {result.step}/{result.steps}"
-                  f"{f', loss {result.last_loss:.4f}' if result.last_loss is not None else ''}", flush=True)
+            if get_state().is_main:
+                print(f"snowtrain: {name} {result.status} at step {result.step}/{result.steps}"
+                      f"{f', loss {result.last_loss:.4f}' if result.last_loss is not None else ''}",
+                      flush=True)
             if result.status == "stopped":
                 return EXIT_STOPPED
             if result.status != "complete":

@@ -25,7 +25,9 @@ H100_BF16_PEAK_TFLOPS = 989.0
 
 def flops_per_token(cfg: RunConfig, seq_len: int) -> float:
     m = cfg.model
-    return 6.0 * count_parameters(m) + 12.0 * m.num_layers * m.hidden_size * seq_len
+    # An untied input embedding is a lookup, not a matrix multiply: no FLOPs.
+    matmul_params = count_parameters(m) - (0 if m.tie_embeddings else m.vocab_size * m.hidden_size)
+    return 6.0 * matmul_params + 12.0 * m.num_layers * m.hidden_size * seq_len
 
 
 def steps_for_phase(phase: PhaseConfig) -> int:

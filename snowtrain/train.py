@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from . import kernels
 from .checkpoint import CheckpointManager, Replicate, Shard, device_mesh, to_dtensor
-from .config import RunConfig, check_dataset_paths, resolve_path, save_config
+from .config import ConfigError, RunConfig, check_dataset_paths, resolve_path, save_config
 from .data import PhaseData
 from .distributed import ParallelState, init_distributed
 from .metrics import MetricsLogger
@@ -105,9 +105,11 @@ class Trainer:
         self.pstate = pstate or init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.backend)
         ps = self.pstate
         if cfg.parallel.data_parallel is not None and cfg.parallel.data_parallel != ps.dp_size:
-            raise ValueError(f"parallel.data_parallel={cfg.parallel.data_parallel} but {ps.world_size} "
+            raise ConfigError(f"parallel.data_parallel={cfg.parallel.data_parallel} but {ps.world_size} "
                              f"ranks / tensor_parallel={ps.tp_size} give {ps.dp_size}: launch "
-                             f"{cfg.parallel.data_parallel * ps.tp_size} ranks or set data_parallel: null")
+                             f"{cfg.parallel.data_parallel * ps.tp_size} ranks or set data_parallel: null",
+                              file=config_file, key="parallel.data_parallel",
+                              fix="match the launch or leave data_parallel null")
         check_dataset_paths(cfg, phase, file=config_file)
         self._check_fit()
         kernels.configure(cfg.model.kernels)
@@ -137,7 +139,8 @@ class Trainer:
         cap = self.cfg.training.gpu_memory_gib or torch.cuda.get_device_properties(ps.device).total_memory / GiB
         problem = fit_problem(self.cfg, self.phase, ps.tp_size, ps.dp_size, cap)
         if problem:
-            raise ValueError(f"this layout does not fit: {problem} (see `snowtrain plan`)")
+            raise ConfigError(f"this layout does not fit: {problem}", file=self.config_file,
+                              key="parallel", fix="see `snowtrain plan` for the estimate")
 
     # ------------------------------------------------------------------ start
     def restore(self) -> None:
@@ -213,14 +216,23 @@ class Trainer:
                 try:
                     res = train_step(self.model, self.opt, microbatches, lr, ps, cfg.training.on_nonfinite)
                 except NonFiniteLoss as e:
+                    # The weights are the last good ones; the bad batch counts as consumed, so a
+                    # resumed run goes on with the next one.
+                    self.step += 1
+                    self.tokens_seen += tokens_per_step
                     path = self.save()
                     self.ckpt.wait()
-                    raise NonFiniteLoss(f"{e} at step {self.step + 1} of {self.phase.name}; the last "
-                                        f"good state is saved in {path}. Lower the learning rate, "
-                                        "check the data, or set training.on_nonfinite=skip") from None
+                    raise NonFiniteLoss(f"{e} at step {self.step} of {self.phase.name}; the last "
+                                        f"good weights are saved in {path} (resuming skips that "
+                                        "batch). Lower the learning rate, check the data, or set "
+                                        "training.on_nonfinite=skip") from None
                 skips = skips + 1 if res.skipped else 0
                 if skips > cfg.training.max_skips:
-                    raise NonFiniteLoss(f"{skips} non-finite steps in a row at step {self.step}: stopping")
+                    self.step += 1
+                    path = self.save()
+                    self.ckpt.wait()
+                    raise NonFiniteLoss(f"{skips} non-finite steps in a row up to step {self.step}: "
+                                        f"stopping; the last good weights are saved in {path}")
                 self.step += 1
                 self.tokens_seen += tokens_per_step
                 last_loss = res.loss
@@ -238,10 +250,12 @@ class Trainer:
                 }, force=self.step == self.steps)
                 if self.step >= self.steps:
                     break
-                if self.step % cfg.checkpoint.save_interval == 0:
+                saved = self.step % cfg.checkpoint.save_interval == 0
+                if saved:
                     self.save()
                 if stop.agreed(ps):
-                    self.save()
+                    if not saved:
+                        self.save()
                     status = "stopped"
                     self.metrics.event(f"stop requested ({stop.signal or 'another rank'}): "
                                        f"checkpoint saved at step {self.step}")

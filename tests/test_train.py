@@ -103,9 +103,14 @@ def test_nonfinite_loss_stops_with_the_last_good_state_or_skips(tmp_path, data, 
 
     monkeypatch.setattr(llama.Llama, "forward", poisoned)
     cfg = recipe(tmp_path / "stop", data, save_interval=100)
-    with pytest.raises(NonFiniteLoss, match="at step 4 of p1; the last good state is saved"):
+    with pytest.raises(NonFiniteLoss, match="at step 4 of p1; the last good weights are saved"):
         train_phase(cfg, "p1")
-    assert (tmp_path / "stop/ckpt/p1/step_00000003").is_dir()
+    assert (tmp_path / "stop/ckpt/p1/step_00000004").is_dir()
+    # a resumed run skips the bad batch and finishes the phase
+    calls["n"] = 100
+    res = train_phase(cfg, "p1")
+    assert (res.status, res.step) == ("complete", 12)
+    assert any("resumed p1" in e and "at step 4" in e for e in events(tmp_path / "stop/logs"))
     calls["n"] = 0
     cfg = recipe(tmp_path / "skip", data, save_interval=100)
     cfg.training.on_nonfinite = "skip"

@@ -63,7 +63,7 @@ class _VocabParallelCE(torch.autograd.Function):
     def forward(ctx, logits, target, vocab_start, group, world):
         ctx.in_dtype = logits.dtype
         logits = logits.float()
-        vmax = logits.max(dim=-1).values
+        vmax = logits.amax(dim=-1)  # max(dim) also computes indices: ~6x slower on CPU
         if world > 1:
             dist.all_reduce(vmax, op=dist.ReduceOp.MAX, group=group)
         shifted = logits - vmax.unsqueeze(-1)
@@ -85,7 +85,7 @@ class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         softmax, local, inside = ctx.saved_tensors
-        grad = softmax.clone()
+        grad = softmax  # in place, as Megatron: the saved softmax is not used again
         grad.scatter_add_(-1, local.unsqueeze(-1), -inside.to(grad.dtype).unsqueeze(-1))
         grad.mul_(grad_loss.unsqueeze(-1))
         return grad.to(ctx.in_dtype), None, None, None, None

@@ -152,18 +152,28 @@ class DistributedOptimizer:
             b.pending = len(b.entries)
             b.work = None
         for p in self.params:
-            p.grad = None
+            p.grad = self._grad_view(p)
+
+    def _grad_view(self, p):
+        """p's slot in its bucket as its .grad, where autograd can accumulate into it directly
+        (same dtype, a contiguous slot: no ZeRO chunking); else None."""
+        bucket, e = self.entry_of[p]
+        if p.dtype != bucket.grad.dtype or (self.zero and e.sizes[0] != p.numel()):
+            return None
+        return bucket.grad[e.offsets[0]:e.offsets[0] + p.numel()].view_as(p)
 
     def _on_grad(self, p: nn.Parameter):
         bucket, e = self.entry_of[p]
         g = p.grad
-        if e.sizes[0] == p.numel() or not self.zero:
-            bucket.grad[e.offsets[0]:e.offsets[0] + p.numel()].add_(g.reshape(-1))
-        else:
-            for r in range(self.dp):
-                if e.sizes[r]:
-                    bucket.grad[e.offsets[r]:e.offsets[r] + e.sizes[r]].add_(e.chunk(g, r).reshape(-1))
-        p.grad = None
+        slot = bucket.grad[e.offsets[0]:e.offsets[0] + p.numel()]
+        if g.data_ptr() != slot.data_ptr():  # not accumulated in place (dtype differs, or ZeRO)
+            if e.sizes[0] == p.numel() or not self.zero:
+                slot.add_(g.reshape(-1))
+            else:
+                for r in range(self.dp):
+                    if e.sizes[r]:
+                        bucket.grad[e.offsets[r]:e.offsets[r] + e.sizes[r]].add_(e.chunk(g, r).reshape(-1))
+            p.grad = None
         if self.last_microbatch:
             bucket.pending -= 1
             if bucket.pending == 0:
@@ -199,11 +209,11 @@ class DistributedOptimizer:
     def grad_norm(self) -> float:
         """The true global L2 norm: sharded gradients summed over their shards, gradients
         replicated across tensor-parallel ranks counted once."""
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for p in self.params:
-            if getattr(p, "tp_dim", None) is None and self.tp_rank != 0:
-                continue
-            total += self._my_grad(p).double().pow(2).sum()
+        grads = [self._my_grad(p) for p in self.params
+                 if getattr(p, "tp_dim", None) is not None or self.tp_rank == 0]
+        grads = [g for g in grads if g.numel()]
+        total = (torch.stack(torch._foreach_norm(grads)).double().pow(2).sum() if grads
+                 else torch.zeros((), dtype=torch.float64, device=self.device))
         if self.distributed:
             # ZeRO: every rank holds distinct chunks, so sum over the world; otherwise over TP.
             group = None if self.zero else self.tp_group
@@ -219,9 +229,11 @@ class DistributedOptimizer:
             norm = self.grad_norm()
         clip = self.cfg.optim.grad_clip
         scale = clip / (norm + 1e-6) if clip > 0 and norm > clip else 1.0
-        for p, m in self.masters.items():
-            g = self._my_grad(p).to(torch.float32)
-            m.grad = g * scale if scale != 1.0 else g
+        grads = [self._my_grad(p).to(torch.float32) for p in self.masters]
+        if scale != 1.0:  # in place: the buckets are zeroed before the next step
+            torch._foreach_mul_(grads, scale)
+        for m, g in zip(self.masters.values(), grads):
+            m.grad = g
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -233,8 +245,7 @@ class DistributedOptimizer:
     @torch.no_grad()
     def _copy_back(self):
         if not self.zero or self.dp == 1:
-            for p, m in self.masters.items():
-                p.copy_(m)
+            torch._foreach_copy_(list(self.masters), list(self.masters.values()))
             return
         for b in self.buckets:
             flat = torch.empty(b.section * self.dp, dtype=b.entries[0].param.dtype, device=self.device)
