@@ -95,7 +95,8 @@ def build_hf(cfg: ModelConfig, ours: Llama):
         use_cache=False)
     hf = transformers.LlamaForCausalLM(hf_cfg).float().train()
     missing, unexpected = hf.load_state_dict(hf_state_dict(ours), strict=False)
-    if unexpected or any("rotary" not in m for m in missing):
+    tied_head = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    if unexpected or any("rotary" not in m and m not in tied_head for m in missing):
         raise RuntimeError(f"weight mapping failed: missing {missing}, unexpected {unexpected}")
     if cfg.tie_embeddings:
         assert hf.lm_head.weight is hf.model.embed_tokens.weight, "HF did not tie the embeddings"
