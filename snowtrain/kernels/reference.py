@@ -85,7 +85,7 @@ class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         softmax, local, inside = ctx.saved_tensors
-        grad = softmax  # in place, as Megatron: the saved softmax is not used again
+        grad = softmax.clone()  # not in place: a retained graph (gradcheck) may run backward again
         grad.scatter_add_(-1, local.unsqueeze(-1), -inside.to(grad.dtype).unsqueeze(-1))
         grad.mul_(grad_loss.unsqueeze(-1))
         return grad.to(ctx.in_dtype), None, None, None, None
