@@ -60,8 +60,9 @@ class MetricsLogger:
 
 def format_record(r: dict) -> str:
     parts = [f"{r.get('phase', '')} step {r.get('step')}/{r.get('steps', '?')}"]
+    tflops_fmt = "{:.1f} TFLOP/s" if (r.get("tflops") or 0) >= 0.1 else "{:.3f} TFLOP/s"
     for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.3e}"), ("grad_norm", "gnorm {:.3f}"),
-                     ("tokens_per_s", "{:,.0f} tok/s"), ("tflops", "{:.1f} TFLOP/s"),
+                     ("tokens_per_s", "{:,.0f} tok/s"), ("tflops", tflops_fmt),
                      ("mfu", "MFU {:.1%}"), ("mem_gib", "mem {:.1f} GiB"), ("eta_s", "ETA {}")):
         if r.get(key) is not None:
             v = r[key]
