@@ -44,6 +44,12 @@ class KernelsConfig:
     cross_entropy: Literal["torch", "fused", "te"] = "torch"
     strict: bool = False
 
+    def backends(self) -> dict[str, str]:
+        return {op: getattr(self, op) for op in KERNEL_OPS}
+
+
+KERNEL_OPS = ("rmsnorm", "swiglu", "rope", "cross_entropy")
+
 
 @dataclass
 class ModelConfig:

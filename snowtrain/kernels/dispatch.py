@@ -32,14 +32,14 @@ import dataclasses
 import difflib
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
+from ..config import KERNEL_OPS, KernelsConfig
 from . import build, external, reference
 from . import ops as _fused
 
-OPS = ("rmsnorm", "swiglu", "rope", "cross_entropy")
+OPS = KERNEL_OPS
 BACKENDS = ("torch", "fused", "te", "apex")
 DEFAULT_BACKEND = "torch"
 SUPPORTED = {op: ("torch", "fused") + tuple(b for b in ("te", "apex") if op in external.PROVIDES[b])
@@ -61,20 +61,6 @@ class KernelFallbackError(RuntimeError):
 
 class KernelFallbackWarning(UserWarning):
     """`fused` was selected but the torch reference runs instead (once per op and reason)."""
-
-
-@dataclass
-class KernelsConfig:
-    """Backend per op; the shape of ModelConfig's `kernels:` mapping (plus `strict`)."""
-    rmsnorm: str = DEFAULT_BACKEND
-    swiglu: str = DEFAULT_BACKEND
-    rope: str = DEFAULT_BACKEND
-    cross_entropy: str = DEFAULT_BACKEND
-    # raise instead of falling back to the torch reference when `fused` cannot run
-    strict: bool = False
-
-    def backends(self) -> dict[str, str]:
-        return {op: getattr(self, op) for op in OPS}
 
 
 _config = KernelsConfig()
