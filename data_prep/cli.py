@@ -46,10 +46,14 @@ def main(argv=None) -> int:
         from tqdm import tqdm
         from .tokenize import encode_to_dataset, jsonl_texts
         from .tokenizer import Tokenizer
-        total = sum(os.path.getsize(p) for p in args.input)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize") as bar:
-            docs, tokens = encode_to_dataset(jsonl_texts(args.input, args.field), Tokenizer(args.tokenizer),
-                                             args.output, threads=args.threads, progress=bar.update)
+        try:
+            total = sum(os.path.getsize(p) for p in args.input)
+            with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize") as bar:
+                docs, tokens = encode_to_dataset(jsonl_texts(args.input, args.field), Tokenizer(args.tokenizer),
+                                                 args.output, threads=args.threads, progress=bar.update)
+        except (OSError, ValueError) as e:
+            print(f"data-prep tokenize: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.output}.bin/.idx: {docs} documents, {tokens} tokens")
     elif args.cmd == "inspect":
         from .indexed import inspect_dataset
