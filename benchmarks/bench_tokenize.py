@@ -71,7 +71,7 @@ def main():
                                            str(args.workers)]))
         runs["snowtrain"].append(timed([str(bin_dir / "data-prep"), "tokenize", "--input", str(corpus),
                                         "--tokenizer", str(model), "--output", str(work / "ours_text_document"),
-                                        "--threads", str(args.workers)]))
+                                        "--workers", str(args.workers)]))
     same = digest(str(work / "megatron_text_document")) == digest(str(work / "ours_text_document"))
     best = {k: min(v) for k, v in runs.items()}
     mbs = {k: size / 2**20 / v for k, v in best.items()}

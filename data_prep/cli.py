@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     t.add_argument("--field", default="content", help="the JSON field holding the text")
     t.add_argument("--tokenizer", required=True, help="sentencepiece model written by data-prep")
     t.add_argument("--output", required=True, help="dataset prefix (without .bin/.idx)")
-    t.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
+    t.add_argument("--workers", type=int, default=None, help="encoder processes (default: all cores)")
 
     i = sub.add_parser("inspect", help="print counts of a .bin/.idx dataset and decode a sample")
     i.add_argument("prefix", help="dataset prefix (path without .bin/.idx)")
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
             total = sum(os.path.getsize(p) for p in args.input)
             with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize") as bar:
                 docs, tokens = encode_to_dataset(jsonl_texts(args.input, args.field), Tokenizer(args.tokenizer),
-                                                 args.output, threads=args.threads, progress=bar.update)
+                                                 args.output, workers=args.workers, progress=bar.update)
         except (OSError, ValueError) as e:
             print(f"data-prep tokenize: {e}", file=sys.stderr)
             return 2

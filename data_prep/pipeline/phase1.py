@@ -329,7 +329,7 @@ class Phase1:
                 counts = {}
                 for lang in sorted(by_lang):
                     docs, tokens = encode_to_dataset(by_lang[lang], tok, folder / f"{lang}_text_document",
-                                                     threads=threads)
+                                                     workers=threads)
                     counts[lang] = {"documents": docs, "tokens": tokens}
                 _atomic_text(folder / "done.json", json.dumps(counts, sort_keys=True))
                 bar.update()
