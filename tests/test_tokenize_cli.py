@@ -48,3 +48,30 @@ def test_tokenize_cli_names_a_bad_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "docs.jsonl:2" in r.stderr
     assert not (tmp_path / "o.idx").exists()
+
+
+def test_chunk_cache_falls_back_when_a_tokenizer_merges_across_spaces(tmp_path):
+    """A model trained without whitespace splitting has pieces spanning spaces, so encoding
+    chunk by chunk would differ: the encoder must notice and encode plainly."""
+    import io
+
+    import sentencepiece as spm
+
+    from data_prep.tokenize import ChunkEncoder
+    from data_prep.tokenizer import EOD, MARKERS, PAD, UNK
+
+    texts = [r.content for r in TreeSource(embedded_roots()[:1], max_total_bytes=400_000)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=1500, model_type="bpe",
+        byte_fallback=True, split_by_whitespace=False, pad_id=0, unk_id=1, bos_id=-1, eos_id=2,
+        pad_piece=PAD, unk_piece=UNK, eos_piece=EOD, user_defined_symbols=[*MARKERS, "\n"],
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, max_sentence_length=1 << 20, minloglevel=2)
+    path = tmp_path / "spanning.model"
+    path.write_bytes(model.getvalue())
+    enc = ChunkEncoder(str(path))
+    got = enc.encode(texts)
+    plain = enc.sp.encode(texts)
+    assert [list(a[:-1]) for a in got] == plain
+    assert not enc.cached  # pieces span spaces: the chunk rule does not hold for this model
