@@ -72,11 +72,13 @@ def test_megatron_reads_what_was_written(corpus):
 
 def _kill_after(cmd, env, marker_glob: str, out_root: Path, timeout=120):
     """Starts the pipeline and SIGKILLs it once a file matching marker_glob exists."""
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group, killed whole (as a scheduler kills a job): no worker outlives it.
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
     t = time.time()
     while time.time() - t < timeout and p.poll() is None:
         if list(out_root.glob(marker_glob)):
-            p.send_signal(signal.SIGKILL)
+            os.killpg(p.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     p.wait()
