@@ -11,6 +11,7 @@ _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", 
 
 
 class SingleProcess:
+    """The methods of an mpi4py communicator that data_prep uses, for one process."""
     def Get_rank(self):
         return 0
 

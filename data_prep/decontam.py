@@ -61,7 +61,6 @@ API
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import gzip
 import importlib.resources
 import json
@@ -72,6 +71,7 @@ from itertools import repeat
 from pathlib import Path
 
 import numpy as np
+from snowtrain.config import suggest
 
 MODES = ("substring", "ngram")
 FIELDS = ("prompt", "solution", "test")
@@ -137,7 +137,7 @@ class DecontamConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"decontam mode '{self.mode}' is not one of {list(MODES)}"
-                             + _suggest(str(self.mode), MODES))
+                             + suggest(str(self.mode), MODES))
         if isinstance(self.benchmarks, (str, Path)):
             self.benchmarks = [self.benchmarks]
         self.benchmarks = [str(b) for b in self.benchmarks]
@@ -147,7 +147,7 @@ class DecontamConfig:
         for f in self.fields:
             if f not in FIELDS:
                 raise ValueError(f"decontam field '{f}' is not one of {list(FIELDS)}"
-                                 + _suggest(str(f), FIELDS))
+                                 + suggest(str(f), FIELDS))
         for name, low in (("ngram", 1), ("ngram_threshold", 1), ("min_chars", 1), ("min_lines", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -162,14 +162,10 @@ class DecontamConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in names:
-                raise ValueError(f"unknown decontam key '{key}'{_suggest(key, names)}; "
+                raise ValueError(f"unknown decontam key '{key}'{suggest(key, names)}; "
                                  f"the keys are {names}")
         return cls(**d)
 
-
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 # ----------------------------------------------------------------------------- benchmarks

@@ -35,7 +35,6 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
-import difflib
 import html as _html
 import re
 import warnings
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from .records import Record
+from snowtrain.config import suggest
 
 REASONS = ("empty", "too_large", "binary", "xml", "autogen", "json_yaml_size", "max_line_length",
            "mean_line_length", "alnum_fraction", "html", "encoded_data", "python_syntax")
@@ -175,8 +175,7 @@ def _reject_unknown(where: str, d: dict, known) -> None:
         return
     parts = []
     for k in unknown:
-        close = difflib.get_close_matches(str(k), list(known), n=1, cutoff=0.6)
-        parts.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        parts.append(f"'{k}'" + suggest(str(k), known))
     raise ValueError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
                      f"known keys: {', '.join(known)}")
 

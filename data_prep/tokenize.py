@@ -93,13 +93,21 @@ def _batches(texts: Iterable[str], chars: int) -> Iterator[list[str]]:
         yield batch
 
 
-def encode_to_dataset(texts: Iterable[str], tok: Tokenizer, prefix: str | os.PathLike, *,
-                      workers: int | None = None, batch_chars: int = 1 << 19,
-                      progress=None) -> tuple[int, int]:
-    """Writes one document per text (end-of-document appended) to prefix.bin/.idx atomically;
-    returns (documents, tokens). `workers` processes encode (default: every core)."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    with IndexedDatasetWriter(str(prefix), vocab_size=tok.vocab_size) as w:
+class DatasetEncoder:
+    """Writes datasets from texts with `workers` encoder processes (default: every core), started
+    once and reused, so their chunk caches carry over from one dataset to the next."""
+
+    def __init__(self, tok: Tokenizer, *, workers: int | None = None, batch_chars: int = 1 << 19):
+        self.tok = tok
+        self.batch_chars = batch_chars
+        workers = max(1, workers or os.cpu_count() or 1)
+        self._local = ChunkEncoder(str(tok.path)) if workers == 1 else None
+        self._pool = None if workers == 1 else get_context("fork").Pool(
+            workers, _init_worker, (str(tok.path),))
+
+    def write(self, texts: Iterable[str], prefix: str | os.PathLike, progress=None) -> tuple[int, int]:
+        """One document per text, end-of-document appended, to prefix.bin/.idx atomically;
+        returns (documents, tokens)."""
         sizes: list[int] = []
 
         def sized(batches):
@@ -107,22 +115,35 @@ def encode_to_dataset(texts: Iterable[str], tok: Tokenizer, prefix: str | os.Pat
                 sizes.append(sum(len(t) for t in b))
                 yield b
 
-        batches = sized(_batches(texts, batch_chars))
-        if workers == 1:
-            enc = ChunkEncoder(str(tok.path))
-            for b in batches:
-                for a in enc.encode(b):
+        batches = sized(_batches(texts, self.batch_chars))
+        results = (map(self._local.encode, batches) if self._pool is None
+                   else self._pool.imap(_encode_batch, batches))
+        with IndexedDatasetWriter(str(prefix), vocab_size=self.tok.vocab_size) as w:
+            for i, arrays in enumerate(results):
+                for a in arrays:
                     w.add_document(a)
                 if progress is not None:
-                    progress(sizes[-1])
-        else:
-            with get_context("fork").Pool(workers, _init_worker, (str(tok.path),)) as pool:
-                for i, arrays in enumerate(pool.imap(_encode_batch, batches)):
-                    for a in arrays:
-                        w.add_document(a)
-                    if progress is not None:
-                        progress(sizes[i])
-    return w.num_documents, w.num_tokens
+                    progress(sizes[i])
+        return w.num_documents, w.num_tokens
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> "DatasetEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def encode_to_dataset(texts: Iterable[str], tok: Tokenizer, prefix: str | os.PathLike, *,
+                      workers: int | None = None, progress=None) -> tuple[int, int]:
+    """One dataset with a DatasetEncoder of its own."""
+    with DatasetEncoder(tok, workers=workers) as enc:
+        return enc.write(texts, prefix, progress)
 
 
 def jsonl_texts(paths, field: str = "content") -> Iterator[str]:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .store import write_bytes
+
 PAD, UNK, EOD = "<pad>", "<unk>", "<eod>"
 REPO_NAME, FILE_SEP = "<repo_name>", "<file_sep>"
 # Reserved for fill-in-the-middle training; not used by the recipe's phases.
@@ -76,9 +78,9 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "tokenizer.model"
-    _atomic_write(model_path, model.getvalue())
+    write_bytes(model_path, model.getvalue())
     tok = Tokenizer(model_path)
-    _atomic_write(out / "special_tokens.json",
+    write_bytes(out / "special_tokens.json",
                   json.dumps(asdict(tok.special), indent=2).encode())
     return model_path
 
@@ -92,15 +94,6 @@ def _train(spm, sample, model, vocab_size, threads, chunk_chars) -> None:
         remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
         split_digits=True, max_sentence_length=4 * chunk_chars + 16, seed_sentencepiece_size=10**6,
         num_threads=threads or os.cpu_count() or 1, minloglevel=2)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Tokenizer:

@@ -216,12 +216,13 @@ class RunConfig:
                 return p
         names = [p.name for p in self.phases]
         raise ConfigError(f"no phase named '{name}'", key="phases",
-                          fix=f"choose one of {names}" + _suggest(name, names))
+                          fix=f"choose one of {names}" + suggest(name, names))
 
 
 # ----------------------------------------------------------------------------- YAML loading
 
-def _suggest(word: str, choices) -> str:
+def suggest(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -324,7 +325,7 @@ def _convert(value: Any, tp: Any, key: str, file) -> Any:
         choices = typing.get_args(tp)
         if value not in choices:
             raise ConfigError(f"{value!r} is not one of {list(choices)}", file=file, key=key,
-                              fix=f"use one of {list(choices)}" + _suggest(str(value), map(str, choices)))
+                              fix=f"use one of {list(choices)}" + suggest(str(value), map(str, choices)))
         return value
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
@@ -379,7 +380,7 @@ def _build(cls, data: dict, prefix: str, file):
         file = getattr(data, "origins", {}).get(k, file)
         if k not in names:
             raise ConfigError(f"unknown key '{k}' in {cls.__name__}", file=file, key=key,
-                              fix=f"remove it or use a known key{_suggest(str(k), names)}; "
+                              fix=f"remove it or use a known key{suggest(str(k), names)}; "
                                   f"known: {', '.join(names)}")
         kwargs[k] = _convert(v, hints[k], key, file)
     return cls(**kwargs)
@@ -444,7 +445,7 @@ def _list_index(items: list, part: str, where: str) -> int:
         return names.index(part)
     raise ConfigError(f"no list item '{part}'", key=where,
                       fix=f"use an index 0..{len(items) - 1} or a name among {names}"
-                          + _suggest(part, [n for n in names if n]))
+                          + suggest(part, [n for n in names if n]))
 
 
 # ----------------------------------------------------------------------------- saving

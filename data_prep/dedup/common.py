@@ -8,6 +8,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..comm import SingleProcess
+
 from ..records import Record
 
 # --------------------------------------------------------------------------- documents
@@ -225,36 +227,8 @@ class Progress:
 # --------------------------------------------------------------------------- communication
 
 
-class SingleComm:
-    """The subset of an mpi4py communicator that deduplication uses, for one process."""
-
-    def Get_rank(self) -> int:
-        return 0
-
-    def Get_size(self) -> int:
-        return 1
-
-    def alltoall(self, items):
-        return list(items)
-
-    def allgather(self, item):
-        return [item]
-
-    def gather(self, item, root=0):
-        return [item]
-
-    def scatter(self, items, root=0):
-        return items[0]
-
-    def bcast(self, item, root=0):
-        return item
-
-    def allreduce(self, item, op=None):
-        return item
-
-
 def as_comm(comm):
-    return SingleComm() if comm is None else comm
+    return SingleProcess() if comm is None else comm
 
 
 def exchange_arrays(comm, parts: Sequence[np.ndarray]) -> list[np.ndarray]:

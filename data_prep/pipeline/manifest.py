@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from ..store import load_pickle
 
-
-def _load(path: Path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def build_manifest(run, n_units: int, datasets: dict[str, str]) -> dict:
@@ -29,13 +25,13 @@ def build_manifest(run, n_units: int, datasets: dict[str, str]) -> dict:
             filt[lang]["in"] += c["in"]
             filt[lang]["kept"] += c["kept"]
             filt[lang]["dropped"].update(c["dropped"])
-    dedup = _load(work / "dedup.pkl")
+    dedup = load_pickle(work / "dedup.pkl")
     exact_by_lang = Counter(d["lang"] for d in dedup["exact"].values())
     near_by_lang = Counter(d["lang"] for d in dedup["near"].values())
     decon_by_lang: dict = defaultdict(Counter)
     removals = []
     for i in range(n_units):
-        for rid, m in _load(work / "decontam" / f"u{i:06d}.pkl").items():
+        for rid, m in load_pickle(work / "decontam" / f"u{i:06d}.pkl").items():
             decon_by_lang[m["lang"]][m["benchmark"]] += 1
             removals.append({"id": rid, "benchmark": m["benchmark"], "task_id": m["task_id"],
                              "field": m["field"]})

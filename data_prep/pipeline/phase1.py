@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -24,37 +23,16 @@ from tqdm import tqdm
 from ..comm import local_size, world
 from ..grouping import repository_documents
 from ..indexed import merge_datasets
-from ..tokenize import encode_to_dataset
+from ..tokenize import DatasetEncoder
 from ..records import Record
 from ..sources import JsonlSource, ParquetSource, TreeSource, embedded_roots
 from ..sources.errors import resolve_inputs
+from ..store import load_pickle, write_pickle, write_text
 from ..tokenizer import Tokenizer, train_tokenizer
 from .config import Phase1Config, dump
 from .manifest import build_manifest, render_funnel
 
 STAGES = ("read", "filter", "exact_dedup", "near_dedup", "decontaminate", "group", "tokenize")
-
-
-def _atomic_pickle(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _load(path: Path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def bucket_of(lang: str, repo: str, buckets: int) -> int:
@@ -109,9 +87,9 @@ def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, ou
             kept.append(rec)
         else:
             c["dropped"][reason] += 1
-    _atomic_pickle(out, kept)
+    write_pickle(out, kept)
     # The counts are written last: their presence marks the unit as done.
-    _atomic_text(out.with_suffix(".json"), json.dumps({
+    write_text(out.with_suffix(".json"), json.dumps({
         "unit": index, "read": src.read, "source_dropped": dict(src.dropped),
         "problems": [p._asdict() for p in getattr(src, "problems", [])][:20],
         "filter": {k: {"in": v["in"], "kept": v["kept"], "dropped": dict(v["dropped"])}
@@ -144,7 +122,7 @@ class Phase1:
                     "with --restart (deletes the intermediate results) or give another output")
         if restart and self.work.exists():
             shutil.rmtree(self.work)
-        _atomic_text(stamp, text)
+        write_text(stamp, text)
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -179,7 +157,7 @@ class Phase1:
         manifest = None
         if self.rank == 0:
             manifest = self._timed("merge", lambda: self.merge(len(units), model))
-            _atomic_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
+            write_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
         self.comm.barrier()
         return manifest
 
@@ -206,7 +184,7 @@ class Phase1:
     def _my_records(self, n_units: int) -> list[Record]:
         recs = []
         for i in self._mine(n_units):
-            recs += _load(self._unit_path("read", i))
+            recs += load_pickle(self._unit_path("read", i))
         return recs
 
     def dedup(self, n_units: int) -> None:
@@ -219,12 +197,12 @@ class Phase1:
         result = {"exact": {}, "near": {}}
         if self.cfg.exact_dedup.enabled:
             self.log("exact dedup")
-            res = exact_dedup(records, self.cfg.exact_dedup.options, comm=self._dedup_comm())
+            res = exact_dedup(records, self.cfg.exact_dedup.options, comm=self.comm)
             result["exact"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
             records = [r for r in records if r.id not in res.dropped]
         if self.cfg.near_dedup.enabled:
             self.log("near dedup (MinHash LSH)")
-            res = near_dedup(records, self.cfg.near_dedup.options, comm=self._dedup_comm(),
+            res = near_dedup(records, self.cfg.near_dedup.options, comm=self.comm,
                              progress=self.progress)
             result["near"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
         parts = self.comm.gather(result, root=0)
@@ -234,15 +212,12 @@ class Phase1:
                 merged["exact"].update(p["exact"])
                 merged["near"].update(p["near"])
             merged = {k: dict(sorted(v.items())) for k, v in merged.items()}
-            _atomic_pickle(done, merged)
+            write_pickle(done, merged)
         self.comm.barrier()
-
-    def _dedup_comm(self):
-        return None if self.size == 1 else self.comm
 
     def decontaminate(self, n_units: int) -> None:
         from ..decontam import DecontamConfig, Decontaminator
-        dropped = _load(self.work / "dedup.pkl")
+        dropped = load_pickle(self.work / "dedup.pkl")
         gone = set(dropped["exact"]) | set(dropped["near"])
         dec = Decontaminator(DecontamConfig.from_dict(self.cfg.decontamination.options)) \
             if self.cfg.decontamination.enabled else None
@@ -251,11 +226,11 @@ class Phase1:
             for i in todo:
                 removed = {}
                 if dec is not None:
-                    for r in _load(self._unit_path("read", i)):
+                    for r in load_pickle(self._unit_path("read", i)):
                         if r.id not in gone and (m := dec.match(r.content)) is not None:
                             removed[r.id] = {"benchmark": m.benchmark, "task_id": m.task_id,
                                              "field": m.field, "lang": r.lang}
-                _atomic_pickle(self._unit_path("decontam", i), removed)
+                write_pickle(self._unit_path("decontam", i), removed)
                 bar.update()
 
     def _bucket_path(self, stage: str, b: int) -> Path:
@@ -267,14 +242,14 @@ class Phase1:
         if not mine:
             return
         mine_set = set(mine)
-        dropped = _load(self.work / "dedup.pkl")
+        dropped = load_pickle(self.work / "dedup.pkl")
         gone = set(dropped["exact"]) | set(dropped["near"])
         for i in range(n_units):
-            gone |= set(_load(self._unit_path("decontam", i)))
+            gone |= set(load_pickle(self._unit_path("decontam", i)))
         per_bucket: dict[int, list[Record]] = defaultdict(list)
         with self._bar(n_units, "group: collect") as bar:
             for i in range(n_units):
-                for r in _load(self._unit_path("read", i)):
+                for r in load_pickle(self._unit_path("read", i)):
                     b = bucket_of(r.lang, r.repo, self.cfg.buckets)
                     if b in mine_set and r.id not in gone:
                         per_bucket[b].append(r)
@@ -283,14 +258,15 @@ class Phase1:
         for b in mine:
             files = per_bucket.get(b, [])
             docs = list(repository_documents(files, seed=g.seed, max_chars=g.max_doc_chars))
-            counts: dict = defaultdict(lambda: {"files": 0, "documents": 0, "repositories": 0})
+            counts: dict = defaultdict(lambda: {"files": 0, "documents": 0, "repositories": 0, "chars": 0})
             for r in files:
                 counts[r.lang]["files"] += 1
             for d in docs:
                 counts[d.lang]["documents"] += 1
                 counts[d.lang]["repositories"] += d.part == 0
-            _atomic_pickle(self._bucket_path("group", b), docs)
-            _atomic_text(self._bucket_path("group", b).with_suffix(".json"),
+                counts[d.lang]["chars"] += len(d.text)
+            write_pickle(self._bucket_path("group", b), docs)
+            write_text(self._bucket_path("group", b).with_suffix(".json"),
                          json.dumps(dict(sorted(counts.items())), sort_keys=True))
 
     def tokenizer(self) -> str:
@@ -301,14 +277,13 @@ class Phase1:
         model = self.work / "tokenizer" / "tokenizer.model"
         if self.rank == 0 and not model.exists():
             self.log(f"training a {tcfg.vocab_size}-piece tokenizer")
-            total = 0
-            for b in range(self.cfg.buckets):
-                total += sum(len(d.text) for d in _load(self._bucket_path("group", b)))
+            total = sum(c["chars"] for b in range(self.cfg.buckets) for c in json.loads(
+                self._bucket_path("group", b).with_suffix(".json").read_text()).values())
             share = min(1.0, tcfg.sample_mb * 2**20 / max(1, total))
 
             def sample():
                 for b in range(self.cfg.buckets):
-                    for d in _load(self._bucket_path("group", b)):
+                    for d in load_pickle(self._bucket_path("group", b)):
                         if _stable_fraction(f"{tcfg.seed}\0{d.lang}\0{d.repo}\0{d.part}") < share:
                             yield d.text
             train_tokenizer(sample(), model.parent, tcfg.vocab_size, seed=tcfg.seed, threads=tcfg.threads)
@@ -317,21 +292,23 @@ class Phase1:
 
     def tokenize(self, model: str) -> None:
         tok = Tokenizer(model)
-        threads = max(1, (os.cpu_count() or 1) // local_size())  # ranks on this node share its cores
+        workers = max(1, (os.cpu_count() or 1) // local_size())  # ranks on this node share its cores
         mine = [b for b in self._mine(self.cfg.buckets)
                 if not (self.work / "tok" / f"b{b:05d}" / "done.json").exists()]
-        with self._bar(len(mine), "tokenize", unit="bucket") as bar:
+        if not mine:
+            return
+        with self._bar(len(mine), "tokenize", unit="bucket") as bar, \
+                DatasetEncoder(tok, workers=workers) as encoder:
             for b in mine:
                 folder = self.work / "tok" / f"b{b:05d}"
                 by_lang = defaultdict(list)
-                for d in _load(self._bucket_path("group", b)):
+                for d in load_pickle(self._bucket_path("group", b)):
                     by_lang[d.lang].append(d.text)
                 counts = {}
                 for lang in sorted(by_lang):
-                    docs, tokens = encode_to_dataset(by_lang[lang], tok, folder / f"{lang}_text_document",
-                                                     workers=threads)
+                    docs, tokens = encoder.write(by_lang[lang], folder / f"{lang}_text_document")
                     counts[lang] = {"documents": docs, "tokens": tokens}
-                _atomic_text(folder / "done.json", json.dumps(counts, sort_keys=True))
+                write_text(folder / "done.json", json.dumps(counts, sort_keys=True))
                 bar.update()
 
     def merge(self, n_units: int, model: str) -> dict:
@@ -354,7 +331,7 @@ class Phase1:
                 shutil.copyfile(src, tok_dir / f".{name}.tmp")
                 os.replace(tok_dir / f".{name}.tmp", tok_dir / name)
         manifest = build_manifest(self, n_units, datasets)
-        _atomic_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        write_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
         if self.cfg.funnel_png:
             try:
                 render_funnel(manifest, self.out / "funnel.png")

@@ -7,10 +7,10 @@ reason) and remember the first few in `problems`.
 """
 from __future__ import annotations
 
-import difflib
 import glob
 from pathlib import Path
 from typing import NamedTuple
+from snowtrain.config import suggest
 
 
 class SourceError(Exception):
@@ -30,10 +30,6 @@ MAPPING_KEYS = ("content", "lang", "ext", "repo", "path", "stars", "licenses", "
 
 _GLOB_CHARS = set("*?[")
 
-
-def suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_mapping(mapping, defaults: dict, option: str) -> dict:

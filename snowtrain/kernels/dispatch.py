@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import warnings
 from collections.abc import Mapping
 
 import torch
 
-from ..config import KERNEL_OPS, KernelsConfig
+from ..config import KERNEL_OPS, KernelsConfig, suggest
 from . import build, external, reference
 from . import ops as _fused
 
@@ -67,14 +66,10 @@ _config = KernelsConfig()
 _warned: set[tuple[str, str]] = set()
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
 
 def _check_op(op: str) -> str:
     if op not in OPS:
-        raise KernelConfigError(f"unknown kernel op '{op}'{_suggest(str(op), OPS)}; "
+        raise KernelConfigError(f"unknown kernel op '{op}'{suggest(str(op), OPS)}; "
                                 f"the ops are: {', '.join(OPS)}")
     return op
 
@@ -87,7 +82,7 @@ def _check_backend(op: str, backend) -> str:
                                 f"{', '.join(BACKENDS)}; got {backend!r}")
     b = backend.strip().lower()
     if b not in BACKENDS:
-        raise KernelConfigError(f"kernels.{op}: unknown backend '{backend}'{_suggest(b, BACKENDS)}; "
+        raise KernelConfigError(f"kernels.{op}: unknown backend '{backend}'{suggest(b, BACKENDS)}; "
                                 f"the backends are: {', '.join(BACKENDS)}")
     if b not in SUPPORTED[op]:
         raise KernelConfigError(f"kernels.{op}: backend '{b}' has no {op} kernel; "
