@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import types
@@ -137,6 +138,9 @@ class DatasetConfig:
     # How many times the dataset's tokens are seen in the phase (the recipe repeats phase 2 x4).
     repeat: float = 1.0
     name: Optional[str] = None
+    # When `path` is a data-prep output folder (it holds manifest.json), it stands for every
+    # dataset the manifest lists, or only these languages; a weight is split by their tokens.
+    languages: Optional[list[str]] = None
 
 
 @dataclass
@@ -591,12 +595,65 @@ def resolve_path(path: str, key: str = "", file=None) -> str:
     return os.path.expanduser(_ENV.sub(sub, path))
 
 
+def expand_dataset_folders(datasets: list[DatasetConfig], key_prefix: str = "phases[0]",
+                           file=None) -> list[tuple[DatasetConfig, int]]:
+    """Each dataset with its index in the YAML list; a data-prep output folder becomes one
+    dataset per language its manifest lists, named '<folder or name>/<lang>'."""
+    out = []
+    for j, d in enumerate(datasets):
+        key = f"{key_prefix}.datasets[{j}].path"
+        path = resolve_path(d.path, key, file) if d.path else d.path
+        if not (path and os.path.isdir(path)):
+            if d.languages is not None:
+                raise ConfigError("languages is only for a data-prep output folder, and "
+                                  f"'{path}' is not a folder", file=file,
+                                  key=f"{key_prefix}.datasets[{j}].languages",
+                                  fix="remove languages, or point path at the output folder")
+            out.append((d, j))
+            continue
+        manifest = os.path.join(path, "manifest.json")
+        if not os.path.isfile(manifest):
+            raise ConfigError(f"'{path}' is a folder without manifest.json", file=file, key=key,
+                              fix="name a dataset prefix (without .bin/.idx) or a finished "
+                                  "data-prep output folder")
+        with open(manifest) as f:
+            langs = sorted(json.load(f).get("datasets") or {})
+        if d.languages is not None:
+            unknown = sorted(set(d.languages) - set(langs))
+            if unknown:
+                raise ConfigError(f"{manifest} has no datasets for {unknown}; it has {langs}",
+                                  file=file, key=f"{key_prefix}.datasets[{j}].languages",
+                                  fix="list only languages the output holds")
+            langs = [lang for lang in langs if lang in d.languages]
+        if not langs:
+            raise ConfigError(f"{manifest} lists no datasets", file=file, key=key,
+                              fix="re-run the data-prep phase that writes it")
+        prefixes = [os.path.join(path, f"{lang}_text_document") for lang in langs]
+        weights: list[Optional[float]] = [None] * len(langs)
+        if d.weight is not None:
+            tokens = [_dataset_tokens(p, key, file) for p in prefixes]
+            weights = [d.weight * t / max(1, sum(tokens)) for t in tokens]
+        base = d.name or os.path.basename(path.rstrip("/"))
+        for lang, prefix, w in zip(langs, prefixes, weights):
+            out.append((DatasetConfig(path=prefix, weight=w, repeat=d.repeat, name=f"{base}/{lang}"), j))
+    return out
+
+
+def _dataset_tokens(prefix: str, key: str, file=None) -> int:
+    from data_prep.indexed import read_index
+    try:
+        return int(read_index(prefix).sequence_lengths.sum(dtype="int64"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read dataset '{prefix}': {e}", file=file, key=key,
+                          fix="re-run data-prep for this folder") from None
+
+
 def check_dataset_paths(cfg: RunConfig, phase: str | None = None, file=None) -> None:
     """Every dataset prefix of the phase(s) to run must have both its .bin and .idx."""
     for i, ph in enumerate(cfg.phases):
         if phase is not None and ph.name != phase:
             continue
-        for j, d in enumerate(ph.datasets):
+        for d, j in expand_dataset_folders(ph.datasets, f"phases[{i}]", file):
             key = f"phases[{i}].datasets[{j}].path"
             prefix = resolve_path(d.path, key, file)
             missing = [s for s in (".bin", ".idx") if not os.path.isfile(prefix + s)]
@@ -605,4 +662,4 @@ def check_dataset_paths(cfg: RunConfig, phase: str | None = None, file=None) -> 
                     f"dataset '{prefix}' is missing {' and '.join(prefix + s for s in missing)}",
                     file=file, key=key,
                     fix="run data-prep for this phase, or point the path at an existing prefix "
-                        "(without .bin/.idx)")
+                        "(without .bin/.idx), or at a data-prep output folder")

@@ -401,3 +401,41 @@ def test_seq_len_longer_than_the_data(data):
     msg = str(e.value)
     assert "lang2_text_document" in msg and f"only {TOKENS[2]} tokens" in msg
     assert e.value.key == "phases[phase2].seq_len" and "2501" in msg
+
+
+def test_a_data_prep_output_folder_stands_for_its_language_datasets(data, tmp_path):
+    """A folder with manifest.json expands to its datasets: the same stream as listing them,
+    a weight given to the folder is split by tokens, and `languages` picks a subset."""
+    out = tmp_path / "phase2"
+    out.mkdir()
+    langs = ["lang0", "lang1", "lang2"]
+    for lang, p in zip(langs, data["prefixes"]):
+        for ext in (".bin", ".idx"):
+            shutil.copy(p + ext, out / f"{lang}_text_document{ext}")
+    (out / "manifest.json").write_text(json.dumps({"datasets": {l: "" for l in langs}}))
+
+    def phase(datasets):
+        return PhaseConfig(name="p", tokens=20_000, global_batch_size=8, micro_batch_size=2,
+                           seq_len=SEQ, datasets=datasets)
+
+    listed = _make(data, phase([DatasetConfig(path=str(out / f"{l}_text_document"), name=f"phase2/{l}")
+                                for l in langs]), cache="c1")
+    folder = _make(data, phase([DatasetConfig(path=str(out), repeat=1.0)]), cache="c1")
+    assert folder.names == ["phase2/lang0", "phase2/lang1", "phase2/lang2"]
+    assert folder.weights == listed.weights
+    assert [s[0] for s in _run(folder, 3)] == [s[0] for s in _run(listed, 3)]
+
+    other = str(data["prefixes"][0])
+    mixed = _make(data, phase([DatasetConfig(path=str(out), weight=0.5, languages=["lang1", "lang2"]),
+                               DatasetConfig(path=other, weight=0.5, name="other")]), cache="c2")
+    total = TOKENS[1] + TOKENS[2]
+    want = {"phase2/lang1": 0.5 * TOKENS[1] / total, "phase2/lang2": 0.5 * TOKENS[2] / total,
+            "other": 0.5}
+    assert mixed.weights == pytest.approx(want, rel=0.02)  # train tokens exclude nothing here
+
+    with pytest.raises(ConfigError) as e:
+        _make(data, phase([DatasetConfig(path=str(out), languages=["rust"])]), cache="c3",
+              phase_index=2)
+    assert e.value.key == "phases[2].datasets[0].languages" and "lang0" in str(e.value)
+    with pytest.raises(ConfigError, match="manifest.json"):
+        _make(data, phase([DatasetConfig(path=str(tmp_path))]), cache="c3")

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from snowtrain.config import ConfigError, DatasetConfig, resolve_path
+from snowtrain.config import ConfigError, DatasetConfig, expand_dataset_folders, resolve_path
 
 logger = logging.getLogger("snowtrain.data")
 
@@ -91,7 +91,7 @@ def open_sources(datasets: Sequence[DatasetConfig], *, seq_len: int, valid_fract
     split = split_string(valid_fraction)
     sources: list[DatasetSource] = []
     seen: dict[str, str] = {}
-    for j, d in enumerate(datasets):
+    for d, j in expand_dataset_folders(list(datasets), key_prefix, file):
         key = f"{key_prefix}.datasets[{j}].path"
         if not d.path:
             raise ConfigError("empty dataset path", file=file, key=key,
