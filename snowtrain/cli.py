@@ -5,6 +5,7 @@
   snowtrain plot  LOG_DIR_OR_METRICS.jsonl ... --out loss.png
   snowtrain config --config R.yaml [--set k=v]
   snowtrain export CHECKPOINT_DIR --out hf_model/      (Hugging Face Llama format)
+  snowtrain serve  HF_MODEL_OR_CHECKPOINT --port 8000  (OpenAI-compatible HTTP API)
 
 Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on SIGUSR1 or
 SIGTERM with a checkpoint saved (requeue and it resumes), 2 a configuration error, 1 anything
@@ -89,6 +90,17 @@ def main(argv=None) -> int:
     e.add_argument("--out", required=True)
     e.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     e.add_argument("--tokenizer", default=None, help="default: the run config's tokenizer")
+    s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    s.add_argument("model", help="a folder written by snowtrain export, or a checkpoint folder")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    s.add_argument("--name", default=None, help="the model name clients send (default: MODEL as given)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    s.add_argument("--max-new-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--chat-template", default=None, help="a text file with a {messages} placeholder")
+    s.add_argument("--api-key-env", default=None, metavar="VAR", help="require 'Authorization: Bearer $VAR'")
+    s.add_argument("--tokenizer", default=None, help="default: MODEL's tokenizer.model (or the run config's)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "config":
@@ -107,6 +119,9 @@ def main(argv=None) -> int:
             from .export import export_checkpoint
             print(export_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype),
                                     tokenizer=args.tokenizer))
+        elif args.cmd == "serve":
+            from .serve import serve_command
+            return serve_command(args)
     except ConfigError as e:
         print(f"snowtrain: config error: {e}", file=sys.stderr)
         return 2
