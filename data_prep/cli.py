@@ -18,6 +18,14 @@ def main(argv=None) -> int:
                     help="discard the intermediate results of an earlier run with another config")
     p1.add_argument("--no-progress", action="store_true")
 
+    p3 = sub.add_parser("phase3", help="phase-2 seeds -> synthetic files written by an LLM through an "
+                        "OpenAI-compatible endpoint -> checked, deduplicated, tokenized datasets")
+    p3.add_argument("--config", required=True, help="pipeline YAML (see configs/data_prep/phase3.yaml)")
+    p3.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p3.add_argument("--restart", action="store_true",
+                    help="discard the answers saved by an earlier run with another config")
+    p3.add_argument("--no-progress", action="store_true")
+
     t = sub.add_parser("tokenize", help="JSONL documents -> a .bin/.idx dataset (end-of-document appended)")
     t.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl or .jsonl.gz)")
     t.add_argument("--field", default="content", help="the JSON field holding the text")
@@ -42,6 +50,8 @@ def main(argv=None) -> int:
         except (ConfigError, SourceError) as e:
             print(f"data-prep phase1: {e}", file=sys.stderr)
             return 2
+    elif args.cmd == "phase3":
+        return _phase3(args)
     elif args.cmd == "tokenize":
         from tqdm import tqdm
         from .tokenize import encode_to_dataset, jsonl_texts
@@ -63,6 +73,30 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as e:
             print(f"data-prep inspect: {e}", file=sys.stderr)
             return 2
+    return 0
+
+
+def _phase3(args) -> int:
+    """2: a config, input or endpoint problem (nothing requested); 1: too many requests failed
+    (the answers received are kept; run again)."""
+    from snowtrain.config import ConfigError
+    from .pipeline.phase3 import Phase3, Phase3Failed
+    from .pipeline.phase3_config import load_phase3_config
+    from .synth.client import EndpointError
+    try:
+        cfg = load_phase3_config(args.config, args.overrides)
+        Phase3(cfg, restart=args.restart, progress=not args.no_progress, config_file=args.config).run()
+    except ConfigError as e:
+        print(f"data-prep phase3: {e}", file=sys.stderr)
+        return 2
+    except EndpointError as e:
+        print(f"data-prep phase3: {args.config}, key 'endpoint.base_url': {e}\n  fix: start the "
+              "server (vLLM: vllm serve MODEL --port 8000; the quickstart: snowtrain serve ...) "
+              "or check endpoint.base_url", file=sys.stderr)
+        return 2
+    except Phase3Failed as e:
+        print(f"data-prep phase3: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,492 @@
+"""Phase 3: synthetic code files written by an LLM from phase-2 seeds (OSS-Instruct adapted to
+pretraining), then checked, filtered, deduplicated, decontaminated and tokenized like phase 1's
+files, one dataset per language, on one process or many MPI ranks.
+
+The seeds are cut into units of `unit_size` that do not depend on the number of ranks (rank r
+takes units r, r + size, ...). Each unit's answers are written atomically once all of them have
+come back, so a killed run started again only requests the units that had not finished, and its
+outputs are byte-identical to an uninterrupted run. Requests that failed after their retries are
+requested again by the next run, until a run ends with at most `max_error_fraction` of them; from
+then on the answers are final. Changing only the checks after generation (answers, filters,
+dedup, decontamination) redoes those checks without requesting anything again.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from snowtrain.config import ConfigError
+
+from ..comm import local_size, world
+from ..dataset_files import PhaseOutput
+from ..indexed import merge_datasets
+from ..store import load_pickle, write_bytes, write_pickle, write_text
+from ..synth.answers import answer_file
+from ..synth.client import Endpoint, EndpointError, Reply
+from ..synth.prompts import EXTENSIONS, render, seed_values
+from ..synth.runner import RequestRunner
+from ..synth.seeds import Seed, draw_seed, file_spans, language_tokens, seed_counts
+from ..tokenize import DatasetEncoder
+from ..tokenizer import FILE_SEP
+from .phase3_config import Phase3Config, generation_stamp, post_stamp
+from .phase3_manifest import build_manifest
+from .phase3_output import atomic_writer, copy_tokenizer
+
+
+class Phase3Failed(RuntimeError):
+    """The run cannot finish (too many failed requests); what was done is kept for the retry."""
+
+
+def synthetic_path(lang: str, n: int) -> str:
+    return f"synthetic/{lang}/{n}{EXTENSIONS.get(lang, '.txt')}"
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+@dataclass
+class Plan:
+    """How many seeds each language gets; seed i is number i - offset[lang] of its language."""
+    languages: list[str]
+    tokens: dict[str, int]
+    counts: dict[str, int]
+    unit_size: int
+
+    @property
+    def num_seeds(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def num_units(self) -> int:
+        return math.ceil(self.num_seeds / self.unit_size)
+
+    def unit_seeds(self, u: int) -> range:
+        return range(u * self.unit_size, min(self.num_seeds, (u + 1) * self.unit_size))
+
+    def locate(self, i: int) -> tuple[str, int]:
+        for lang in self.languages:
+            if i < self.counts[lang]:
+                return lang, i
+            i -= self.counts[lang]
+        raise IndexError(i)
+
+
+class Phase3:
+    def __init__(self, cfg: Phase3Config, *, comm=None, restart: bool = False, progress: bool = True,
+                 config_file=None):
+        self.cfg, self.config_file = cfg, config_file
+        self.comm = comm or world()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.out = Path(cfg.output)
+        self.work = Path(cfg.work_dir) if cfg.work_dir else self.out / ".work"
+        self.post = self.work / "post"
+        self.progress = progress and self.rank == 0
+        self.timings: dict[str, float] = {}
+        self.source = PhaseOutput(cfg.input)
+        self._spans: dict[str, np.ndarray] = {}
+        self._orders: dict[str, dict] = {}
+        error = None
+        if self.rank == 0:
+            try:
+                self._check_work_dir(restart)
+            except ConfigError as e:
+                error = e
+        error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise error
+
+    def _check_work_dir(self, restart: bool) -> None:
+        stamp, text = self.work / "config.yaml", generation_stamp(self.cfg)
+        if restart and self.work.exists():
+            shutil.rmtree(self.work)
+        if stamp.exists() and stamp.read_text() != text:
+            old, new = yaml.safe_load(stamp.read_text()), yaml.safe_load(text)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(
+                f"{self.work} holds answers requested with other values of {', '.join(changed)}",
+                file=self.config_file, key=changed[0] if changed else "",
+                fix="run with --restart to request everything "
+                "again (deletes the saved answers), or give another output / work_dir")
+        write_text(stamp, text)
+        post = self.post / "config.yaml"
+        if post.exists() and post.read_text() != post_stamp(self.cfg):
+            self.log("the checks after generation changed: redoing them from the saved answers")
+            shutil.rmtree(self.post)
+        write_text(post, post_stamp(self.cfg))
+
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"[phase3] {msg}", flush=True)
+
+    def _bar(self, total, desc, unit="unit"):
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True)
+
+    def _mine(self, n: int) -> list[int]:
+        return [i for i in range(n) if i % self.size == self.rank]
+
+    def _timed(self, name, fn):
+        t = time.time()
+        result = fn()
+        self.timings[name] = round(time.time() - t, 3)
+        return result
+
+    def run(self) -> dict | None:
+        plan = self._timed("plan", self.plan)
+        self.log(f"{plan.num_seeds} seeds ({', '.join(f'{k} {v}' for k, v in plan.counts.items())}) "
+                 f"in {plan.num_units} units on {self.size} rank(s)")
+        self._timed("generate", lambda: self.generate(plan))
+        self._timed("check", lambda: self.check(plan))
+        self.comm.barrier()
+        self._timed("dedup", lambda: self.dedup(plan))
+        self._timed("decontaminate", lambda: self.decontaminate(plan))
+        self.comm.barrier()
+        self._timed("tokenize", lambda: self.tokenize(plan))
+        self.comm.barrier()
+        manifest = None
+        if self.rank == 0:
+            manifest = self._timed("merge", lambda: self.merge(plan))
+            write_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
+        self.comm.barrier()
+        return manifest
+
+    # ------------------------------------------------------------------ plan and seeds
+    def plan(self) -> Plan:
+        path = self.work / "plan.json"
+        error = None
+        if self.rank == 0 and not path.exists():
+            try:
+                self._write_plan(path)
+            except ConfigError as e:
+                error = e
+        error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise error
+        return Plan(**json.loads(path.read_text()))
+
+    def _write_plan(self, path: Path) -> None:
+        """Seeds per language and the files of each, from the input alone."""
+        cfg = self.cfg
+        langs = cfg.languages or self.source.languages
+        tokens = language_tokens(self.source, langs)
+        n = cfg.num_seeds or math.ceil(cfg.target_tokens / cfg.tokens_per_seed)
+        counts = {k: v for k, v in seed_counts(n, cfg.language_shares, tokens).items() if v}
+        for lang in counts:
+            spans = file_spans(self.source, lang)
+            if not len(spans):
+                raise ConfigError(f"{self.source.prefix(lang)} holds no files to draw seeds from",
+                                  file=self.config_file, key="languages",
+                                  fix=f"leave {lang} out of languages")
+            buf = io.BytesIO()
+            np.save(buf, spans)
+            write_bytes(self.work / "spans" / f"{lang}.npy", buf.getvalue())
+        write_text(path, json.dumps({"languages": sorted(counts), "tokens": tokens,
+                                     "counts": counts, "unit_size": cfg.unit_size},
+                                    indent=2, sort_keys=True))
+
+    def seeds(self, plan: Plan, u: int) -> list[Seed]:
+        out = []
+        lo, hi = self.cfg.seed_lines
+        for i in plan.unit_seeds(u):
+            lang, j = plan.locate(i)
+            if lang not in self._spans:
+                self._spans[lang] = np.load(self.work / "spans" / f"{lang}.npy", mmap_mode="r")
+            try:
+                out.append(draw_seed(self.source, lang, self._spans[lang], j, i, seed=self.cfg.seed,
+                                     min_lines=lo, max_lines=hi, max_chars=self.cfg.max_seed_chars,
+                                     orders=self._orders.setdefault(lang, {})))
+            except ValueError as e:
+                limit = self.cfg.max_seed_chars is not None
+                raise ConfigError(str(e), file=self.config_file,
+                                  key="max_seed_chars" if limit else "languages",
+                                  fix="raise max_seed_chars" if limit else f"leave {lang} out") from None
+        return out
+
+    def payload(self, seed: Seed) -> dict:
+        cfg, p = self.cfg, self.cfg.prompt
+        values = seed_values(seed.lang, seed.text, seed.path, seed.repo)
+        g = cfg.generation
+        body = {"model": cfg.endpoint.model, "temperature": g.temperature,
+                "max_tokens": g.max_tokens, **g.extra}
+        if cfg.endpoint.api == "completions":
+            return {**body, "prompt": render(p.completion, values)}
+        messages = [{"role": "system", "content": render(p.system, values)}] if p.system else []
+        messages.append({"role": "user", "content": render(p.user, values)})
+        return {**body, "messages": messages}
+
+    def answer(self, seed: Seed, reply: Reply) -> dict:
+        return {"seed": seed.index, "lang": seed.lang, "source": seed.provenance(),
+                "seed_text": seed.text, "model": self.cfg.endpoint.model,
+                "finish_reason": reply.finish_reason, "text": reply.text,
+                "usage": {"prompt_tokens": reply.prompt_tokens,
+                          "completion_tokens": reply.completion_tokens},
+                "error": reply.error, "status": reply.status, "attempts": reply.attempts}
+
+    # ------------------------------------------------------------------ generate
+    def _gen_path(self, u: int) -> Path:
+        return self.work / "gen" / f"u{u:06d}.jsonl"
+
+    def endpoint(self) -> Endpoint:
+        e = self.cfg.endpoint
+        return Endpoint(e.base_url, e.api, api_key=self.cfg.api_key(), timeout_s=e.timeout_s,
+                        retries=e.retries, backoff_s=e.backoff_s, max_backoff_s=e.max_backoff_s)
+
+    def generate(self, plan: Plan) -> None:
+        gate = self.work / "generated.json"
+        if gate.exists():
+            return
+        # unit -> its answers, None where a request is still to be made
+        todo: dict[int, list] = {}
+        for u in self._mine(plan.num_units):
+            p = self._gen_path(u)
+            if not p.exists():
+                todo[u] = [None] * len(plan.unit_seeds(u))
+            else:
+                saved = _read_jsonl(p)
+                if any(a["error"] is not None for a in saved):
+                    todo[u] = [a if a["error"] is None else None for a in saved]
+        n_requests = sum(x is None for answers in todo.values() for x in answers)
+        endpoint = self.endpoint()
+        if any(self.comm.allgather(n_requests > 0)):
+            problem = None
+            if self.rank == 0:
+                try:
+                    endpoint.check_reachable()
+                except EndpointError as e:
+                    problem = str(e)
+            problem = self.comm.bcast(problem, root=0)
+            if problem:
+                raise EndpointError(problem)
+        self._pending_seeds: dict[int, list[Seed]] = {}
+        mine_total = sum(len(plan.unit_seeds(u)) for u in self._mine(plan.num_units))
+        with self._bar(n_requests, "requests", unit="req") as bar:
+            runner = RequestRunner(endpoint, self.cfg.endpoint.concurrency,
+                                   max_errors=self.cfg.max_error_fraction * mine_total,
+                                   max_consecutive_errors=self.cfg.max_consecutive_errors, bar=bar)
+            stats = runner.run(self._jobs(plan, todo), lambda key, reply: self._answered(todo, key, reply))
+        self._close_generation(plan, stats)
+
+    def _jobs(self, plan: Plan, todo: dict[int, list]):
+        for u in sorted(todo):
+            seeds = self.seeds(plan, u)
+            self._pending_seeds[u] = seeds
+            for slot, answer in enumerate(todo[u]):
+                if answer is None:
+                    yield (u, slot), self.payload(seeds[slot])
+
+    def _answered(self, todo: dict[int, list], key, reply: Reply) -> None:
+        u, slot = key
+        todo[u][slot] = self.answer(self._pending_seeds[u][slot], reply)
+        if all(a is not None for a in todo[u]):
+            write_text(self._gen_path(u), _jsonl(todo[u]))
+            del todo[u], self._pending_seeds[u]
+
+    def _close_generation(self, plan: Plan, stats) -> None:
+        """Fails the run when too many requests failed; else the answers become final."""
+        errors = missing = 0
+        for u in self._mine(plan.num_units):
+            p = self._gen_path(u)
+            if p.exists():
+                errors += sum(a["error"] is not None for a in _read_jsonl(p))
+            else:
+                missing += len(plan.unit_seeds(u))
+        parts = self.comm.allgather({"errors": errors, "missing": missing, "stopped": stats.stopped,
+                                     "first_errors": stats.first_errors})
+        errors = sum(p["errors"] for p in parts)
+        missing = sum(p["missing"] for p in parts)
+        stopped = next((p["stopped"] for p in parts if p["stopped"]), None)
+        examples = [e for p in parts for e in p["first_errors"]][:3]
+        total = plan.num_seeds
+        if missing or errors > self.cfg.max_error_fraction * total:
+            e = self.cfg.endpoint
+            what = (f"{errors} of {total} requests to {e.base_url} failed after their retries "
+                    f"({errors / total:.1%}, max_error_fraction {self.cfg.max_error_fraction})")
+            if stopped:
+                what += f"; stopped early ({stopped}), {missing} seeds not requested"
+            raise Phase3Failed(
+                f"{what}. First errors: {' | '.join(examples) or 'none this run'}. "
+                f"The answers received are kept in {self.work}: check that the server at "
+                f"{e.base_url} is up and serves model '{e.model}' (endpoint.base_url, "
+                f"endpoint.model, endpoint.api_key_env), then run the same command again; only "
+                "the failed and missing requests are sent again.")
+        if self.rank == 0:
+            write_text(self.work / "generated.json", json.dumps({"seeds": total, "failed": errors}))
+            if errors:
+                self.log(f"{errors} requests failed after their retries: counted as api_error")
+        self.comm.barrier()
+
+    # ------------------------------------------------------------------ checks after generation
+    def _post_path(self, stage: str, u: int, suffix: str = ".pkl") -> Path:
+        return self.post / stage / f"u{u:06d}{suffix}"
+
+    def check(self, plan: Plan) -> None:
+        """Answer -> file or drop reason (answer checks, then the filters), per unit."""
+        from ..filters import FilterChain
+        chain = FilterChain(self.cfg.filters)
+        a = self.cfg.answers
+        todo = [u for u in self._mine(plan.num_units) if not self._post_path("check", u).exists()]
+        for u in todo:
+            items = []
+            for ans in _read_jsonl(self._gen_path(u)):
+                reason, code = answer_file(ans, self.cfg.endpoint.api, a.finish_reasons, a.code_block)
+                stage = "generate"
+                if reason is None:
+                    path = synthetic_path(ans["lang"], ans["seed"])
+                    reason, stage = chain.check_text(code, ans["lang"], path), "filter"
+                items.append((ans["seed"], ans["lang"], stage if reason else None, reason,
+                              code if reason is None else None))
+            write_pickle(self._post_path("check", u), items)
+
+    @staticmethod
+    def _doc_id(seed: int) -> str:
+        return f"s{seed:010d}"
+
+    def dedup(self, plan: Plan) -> None:
+        from ..dedup import exact_dedup, near_dedup
+        done = self.post / "dedup.pkl"
+        if done.exists():
+            return
+        docs, lang = [], {}
+        for u in self._mine(plan.num_units):
+            for seed, lg, _stage, reason, code in load_pickle(self._post_path("check", u)):
+                if reason is None:
+                    docs.append((self._doc_id(seed), code))
+                    lang[self._doc_id(seed)] = lg
+        result = {"exact": {}, "near": {}}
+        if self.cfg.exact_dedup.enabled:
+            res = exact_dedup(docs, self.cfg.exact_dedup.options, comm=self.comm)
+            result["exact"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
+            docs = [d for d in docs if d[0] not in res.dropped]
+        if self.cfg.near_dedup.enabled:
+            res = near_dedup(docs, self.cfg.near_dedup.options, comm=self.comm, progress=self.progress)
+            result["near"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
+        parts = self.comm.gather(result, root=0)
+        if self.rank == 0:
+            merged = {"exact": {}, "near": {}}
+            for p in parts:
+                merged["exact"].update(p["exact"])
+                merged["near"].update(p["near"])
+            write_pickle(done, {k: dict(sorted(v.items())) for k, v in merged.items()})
+        self.comm.barrier()
+
+    def decontaminate(self, plan: Plan) -> None:
+        """Decontaminates the survivors and writes each unit's final verdicts."""
+        from ..decontam import DecontamConfig, Decontaminator
+        todo = [u for u in self._mine(plan.num_units)
+                if not self._post_path("final", u, ".json").exists()]
+        if not todo:
+            return
+        dropped = load_pickle(self.post / "dedup.pkl")
+        dec = Decontaminator(DecontamConfig.from_dict(self.cfg.decontamination.options)) \
+            if self.cfg.decontamination.enabled else None
+        for u in todo:
+            usage = {a["seed"]: (a["usage"], a["attempts"]) for a in _read_jsonl(self._gen_path(u))}
+            verdicts, matches = [], {}
+            for seed, lang, stage, reason, code in load_pickle(self._post_path("check", u)):
+                ident = self._doc_id(seed)
+                if reason is None and ident in dropped["exact"]:
+                    stage, reason = "exact_dedup", "duplicate"
+                elif reason is None and ident in dropped["near"]:
+                    stage, reason = "near_dedup", "near_duplicate"
+                elif reason is None and dec is not None and (m := dec.match(code)) is not None:
+                    stage, reason = "decontaminate", f"contaminated:{m.benchmark}"
+                    matches[seed] = {"benchmark": m.benchmark, "task_id": m.task_id, "field": m.field}
+                (use, attempts) = usage[seed]
+                verdicts.append([seed, lang, stage, reason, use["prompt_tokens"],
+                                 use["completion_tokens"], attempts])
+            write_text(self._post_path("final", u, ".json"),
+                       json.dumps({"verdicts": verdicts, "contaminated": matches}, sort_keys=True))
+
+    # ------------------------------------------------------------------ datasets
+    def _kept_before(self, plan: Plan) -> list[Counter]:
+        """Per unit, the files of each language kept in all earlier units (file numbering)."""
+        running, out = Counter(), []
+        for u in range(plan.num_units):
+            out.append(Counter(running))
+            for v in json.loads(self._post_path("final", u, ".json").read_text())["verdicts"]:
+                if v[3] is None:
+                    running[v[1]] += 1
+        return out
+
+    def kept_files(self, units, start: Counter):
+        """(answer, lang, path, code) of every kept file of `units`, in seed order."""
+        n = Counter(start)
+        for u in units:
+            codes = {s: c for s, _l, _st, r, c in load_pickle(self._post_path("check", u)) if r is None}
+            kept = {v[0] for v in json.loads(self._post_path("final", u, ".json").read_text())["verdicts"]
+                    if v[3] is None}
+            for ans in _read_jsonl(self._gen_path(u)):
+                if ans["seed"] in kept:
+                    lang = ans["lang"]
+                    yield ans, lang, synthetic_path(lang, n[lang]), codes[ans["seed"]]
+                    n[lang] += 1
+
+    def _shard_dir(self, s: int) -> Path:
+        return self.post / "tok" / f"s{s:05d}"
+
+    def tokenize(self, plan: Plan) -> None:
+        shards = math.ceil(plan.num_units / self.cfg.shard_units)
+        mine = [s for s in self._mine(shards) if not (self._shard_dir(s) / "done.json").exists()]
+        if not mine:
+            return
+        before = self._kept_before(plan)
+        tok = self.source.tokenizer
+        workers = max(1, (os.cpu_count() or 1) // local_size())
+        with self._bar(len(mine), "tokenize", unit="shard") as bar, \
+                DatasetEncoder(tok, workers=workers) as encoder:
+            for s in mine:
+                units = range(s * self.cfg.shard_units, min(plan.num_units, (s + 1) * self.cfg.shard_units))
+                by_lang: dict[str, list[str]] = {}
+                for _ans, lang, path, code in self.kept_files(units, before[units[0]]):
+                    by_lang.setdefault(lang, []).append(f"{FILE_SEP}{path}\n{code}")
+                counts = {}
+                for lang in sorted(by_lang):
+                    docs, tokens = encoder.write(by_lang[lang], self._shard_dir(s) / f"{lang}_text_document")
+                    counts[lang] = {"documents": docs, "tokens": tokens}
+                write_text(self._shard_dir(s) / "done.json", json.dumps(counts, sort_keys=True))
+                bar.update()
+
+    def merge(self, plan: Plan) -> dict:
+        shards = math.ceil(plan.num_units / self.cfg.shard_units)
+        prefixes: dict[str, list[str]] = {}
+        tokens: dict[str, Counter] = {}
+        for s in range(shards):
+            for lang, c in json.loads((self._shard_dir(s) / "done.json").read_text()).items():
+                prefixes.setdefault(lang, []).append(str(self._shard_dir(s) / f"{lang}_text_document"))
+                tokens.setdefault(lang, Counter()).update(c)
+        self.out.mkdir(parents=True, exist_ok=True)
+        datasets = {}
+        for lang in sorted(prefixes):
+            datasets[lang] = str(self.out / f"{lang}_text_document")
+            merge_datasets(prefixes[lang], datasets[lang])
+        copy_tokenizer(self.source.tokenizer.path, self.out)
+        with atomic_writer(self.out / "synthetic.jsonl") as f:
+            for ans, lang, path, code in self.kept_files(range(plan.num_units), Counter()):
+                f.write(json.dumps({
+                    "path": path, "lang": lang, "content": code, "seed": ans["seed"],
+                    "source": ans["source"], "seed_text": ans["seed_text"], "model": ans["model"],
+                    "finish_reason": ans["finish_reason"], "usage": ans["usage"]},
+                    sort_keys=True, ensure_ascii=False) + "\n")
+        finals = (json.loads(self._post_path("final", u, ".json").read_text())
+                  for u in range(plan.num_units))
+        manifest = build_manifest(self, plan, finals, tokens, datasets)
+        write_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        t = manifest["totals"]
+        self.log(f"kept {t['kept']} of {t['requested']} synthetic files ({t['tokens']:,} tokens) in "
+                 f"{len(datasets)} datasets in {self.out}; manifest.json, synthetic.jsonl")
+        return manifest
