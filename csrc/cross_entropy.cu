@@ -8,10 +8,13 @@
 namespace snowtrain {
 namespace {
 
+constexpr int kThreads = 512;
+
 template <typename T, int N>
-__global__ void ce_fwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ target,
-                              float* __restrict__ row_max, float* __restrict__ sum_exp,
-                              float* __restrict__ tgt_logit, int64_t cols, int64_t vocab_start) {
+__global__ void __launch_bounds__(kThreads)
+ce_fwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ target,
+              float* __restrict__ row_max, float* __restrict__ sum_exp,
+              float* __restrict__ tgt_logit, int64_t cols, int64_t vocab_start) {
   __shared__ MaxSum red[32];
   const T* row = logits + static_cast<int64_t>(blockIdx.x) * cols;
   MaxSum acc{-INFINITY, 0.f};
@@ -37,9 +40,10 @@ __global__ void ce_fwd_kernel(const T* __restrict__ logits, const int64_t* __res
 }
 
 template <typename T, int N>
-__global__ void ce_bwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ target,
-                              const float* __restrict__ lse, const float* __restrict__ grad_loss,
-                              T* __restrict__ grad, int64_t cols, int64_t vocab_start) {
+__global__ void __launch_bounds__(kThreads)
+ce_bwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ target,
+              const float* __restrict__ lse, const float* __restrict__ grad_loss,
+              T* __restrict__ grad, int64_t cols, int64_t vocab_start) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
   const float l = lse[blockIdx.x], g = grad_loss[blockIdx.x];
   const int64_t t = target[blockIdx.x] - vocab_start;  // may lie outside [0, cols)
@@ -52,8 +56,6 @@ __global__ void ce_bwd_kernel(const T* __restrict__ logits, const int64_t* __res
     store_float<T, N>(grad + base + i, a);
   }
 }
-
-constexpr int kThreads = 512;
 
 template <typename T>
 cudaError_t fwd(const void* logits, const int64_t* target, float* row_max, float* sum_exp,

@@ -13,10 +13,16 @@
 namespace snowtrain {
 namespace {
 
+constexpr int kFwdThreads = 1024;  // most threads of a forward block
+constexpr int kBwdThreads = 256;
+
+// __launch_bounds__ keeps registers within what the largest block can have (a launch with more
+// fails only on the GPU, "too many resources requested").
 template <typename T, typename W, int N, bool RES>
-__global__ void rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ res,
-                                   const W* __restrict__ w, T* __restrict__ y, T* h,
-                                   float* __restrict__ rstd, int64_t cols, float eps) {
+__global__ void __launch_bounds__(kFwdThreads)
+rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ res,
+                   const W* __restrict__ w, T* __restrict__ y, T* h,
+                   float* __restrict__ rstd, int64_t cols, float eps) {
   __shared__ float red[32];
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
   const int64_t step = static_cast<int64_t>(blockDim.x) * N;
@@ -51,10 +57,11 @@ __global__ void rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict_
 // lives in shared memory at acc[(s * N + k) * blockDim.x + t] (consecutive threads, consecutive
 // banks), so no two threads ever touch the same word.
 template <typename T, typename W, int N, bool RES>
-__global__ void rmsnorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                   const W* __restrict__ w, const float* __restrict__ rstd,
-                                   const T* __restrict__ dres, T* __restrict__ dx,
-                                   float* __restrict__ ws, int64_t rows, int64_t cols) {
+__global__ void __launch_bounds__(kBwdThreads)
+rmsnorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                   const W* __restrict__ w, const float* __restrict__ rstd,
+                   const T* __restrict__ dres, T* __restrict__ dx,
+                   float* __restrict__ ws, int64_t rows, int64_t cols) {
   extern __shared__ float acc[];
   __shared__ float red[32];
   const int64_t bd = blockDim.x;
@@ -105,8 +112,9 @@ __global__ void rmsnorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict
 
 // dw[c] = sum_p ws[p, c]: blocks of 32 columns x 32 partial rows, reduced through shared memory.
 template <typename W>
-__global__ void sum_partials_kernel(const float* __restrict__ ws, W* __restrict__ dw,
-                                    int64_t parts, int64_t cols) {
+__global__ void __launch_bounds__(1024)
+sum_partials_kernel(const float* __restrict__ ws, W* __restrict__ dw,
+                    int64_t parts, int64_t cols) {
   __shared__ float tile[32][33];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
   float s = 0.f;
@@ -121,8 +129,6 @@ __global__ void sum_partials_kernel(const float* __restrict__ ws, W* __restrict_
     if (c < cols) dw[c] = from_float<W>(t);
   }
 }
-
-constexpr int kBwdThreads = 256;
 
 // Up to 256 threads, no more than there are vectors in a row; a multiple of 32.
 template <int N>
@@ -146,7 +152,7 @@ int64_t bwd_blocks(int64_t rows, int threads) {
 template <typename T, typename W, int N>
 cudaError_t fwd_impl(const void* x, const void* res, const void* w, void* y, void* h, float* rstd,
                      int64_t rows, int64_t cols, float eps, cudaStream_t stream) {
-  const int threads = row_threads((cols + N - 1) / N, 1024);
+  const int threads = row_threads((cols + N - 1) / N, kFwdThreads);
   if (res)
     rmsnorm_fwd_kernel<T, W, N, true><<<rows, threads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(res), static_cast<const W*>(w),

@@ -10,11 +10,14 @@
 namespace snowtrain {
 namespace {
 
+constexpr int kThreads = 256;
+
 template <typename T, int N, bool TRANSPOSE>
-__global__ void rope_kernel(const T* __restrict__ q, const T* __restrict__ k, T* __restrict__ qo,
-                            T* __restrict__ ko, const float* __restrict__ cos,
-                            const float* __restrict__ sin, int64_t seq, int64_t hq, int64_t hk,
-                            int64_t half, int64_t rows_q, int64_t work) {
+__global__ void __launch_bounds__(kThreads)
+rope_kernel(const T* __restrict__ q, const T* __restrict__ k, T* __restrict__ qo,
+            T* __restrict__ ko, const float* __restrict__ cos,
+            const float* __restrict__ sin, int64_t seq, int64_t hq, int64_t hk,
+            int64_t half, int64_t rows_q, int64_t work) {
   const int64_t per_row = half / N;
   const int64_t dim = 2 * half;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -65,7 +68,7 @@ cudaError_t launch(const void* q, const void* k, void* qo, void* ko, const float
                    int64_t half, bool transpose, cudaStream_t stream) {
   const int64_t rows_q = batch * seq * hq, rows = rows_q + batch * seq * hk;
   const int64_t work = rows * (half / N);
-  constexpr int threads = 256;
+  constexpr int threads = kThreads;
   int64_t blocks = (work + threads - 1) / threads;
   const int64_t cap = static_cast<int64_t>(num_sms()) * 32;
   if (blocks > cap) blocks = cap;

@@ -7,9 +7,12 @@ namespace {
 
 __device__ __forceinline__ float sigmoid(float g) { return 1.f / (1.f + __expf(-g)); }
 
+constexpr int kThreads = 256;
+
 template <typename T, int N>
-__global__ void swiglu_fwd_kernel(const T* __restrict__ gate, const T* __restrict__ up,
-                                  T* __restrict__ out, int64_t n) {
+__global__ void __launch_bounds__(kThreads)
+swiglu_fwd_kernel(const T* __restrict__ gate, const T* __restrict__ up,
+                  T* __restrict__ out, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * N;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N; i < n;
        i += stride) {
@@ -23,9 +26,10 @@ __global__ void swiglu_fwd_kernel(const T* __restrict__ gate, const T* __restric
 }
 
 template <typename T, int N>
-__global__ void swiglu_bwd_kernel(const T* __restrict__ dout, const T* __restrict__ gate,
-                                  const T* __restrict__ up, T* __restrict__ dgate,
-                                  T* __restrict__ dup, int64_t n) {
+__global__ void __launch_bounds__(kThreads)
+swiglu_bwd_kernel(const T* __restrict__ dout, const T* __restrict__ gate,
+                  const T* __restrict__ up, T* __restrict__ dgate,
+                  T* __restrict__ dup, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * N;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N; i < n;
        i += stride) {
@@ -45,8 +49,6 @@ __global__ void swiglu_bwd_kernel(const T* __restrict__ dout, const T* __restric
     store_float<T, N>(dup + i, u);
   }
 }
-
-constexpr int kThreads = 256;
 
 int64_t grid_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;

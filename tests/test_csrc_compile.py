@@ -2,11 +2,12 @@
 compiles against torch's headers, without a GPU (a CPU build of torch is enough).
 
 The .cu kernels include only the CUDA runtime and <cuda_bf16.h>, so each is compiled with a plain
-`nvcc -c -arch=sm_90`; binding.cpp, the one file that includes torch, is compiled with the host
-C++ compiler against torch's include directories plus the CUDA toolkit's (for cudaStream_t and
-c10/cuda). All compiles run in parallel, once per session; the launchers the binding calls must
-be defined by the kernel objects. Skipped, with the reason, where nvcc or a C++ compiler is
-missing.
+`nvcc -c -arch=sm_90 -std=c++20` (as torch's extension builder does), and ptxas' resource usage
+is checked against the block sizes the launchers use; binding.cpp, the one file that includes
+torch, is compiled with the host C++ compiler against torch's include directories plus the CUDA
+toolkit's (for cudaStream_t and c10/cuda). All compiles run in parallel, once per session; the
+launchers the binding calls must be defined by the kernel objects. Skipped, with the reason,
+where nvcc or a C++ compiler is missing.
 """
 from __future__ import annotations
 
@@ -93,8 +94,9 @@ def compiled(tmp_path_factory):
     jobs = {}
     for cu in CU_FILES:
         obj = out / (cu.stem + ".o")
-        jobs[cu.name] = ([NVCC, "-c", f"-arch={ARCH}", "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
-                          *TORCH_NVCC_FLAGS, f"-I{CSRC}", *torch_inc, str(cu), "-o", str(obj)], obj)
+        jobs[cu.name] = ([NVCC, "-c", f"-arch={ARCH}", "-O3", "-std=c++20", "-Xcompiler", "-fPIC",
+                          "--resource-usage", *TORCH_NVCC_FLAGS, f"-I{CSRC}", *torch_inc, str(cu),
+                          "-o", str(obj)], obj)
     if CXX:
         obj = out / "binding.o"
         abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
@@ -165,6 +167,30 @@ def test_binding_calls_only_launchers_the_kernels_define(compiled):
         defined |= symbols(compiled[cu.name][4], "--defined-only")
     assert needed, "binding.o calls no snowtrain launcher?"
     assert needed <= defined, f"undefined launchers: {sorted(needed - defined)}"
+
+
+# The most threads per block each kernel is launched with (the launchers' choices).
+MAX_THREADS = {"rmsnorm_fwd_kernel": 1024, "rmsnorm_bwd_kernel": 256, "sum_partials_kernel": 1024,
+               "swiglu_fwd_kernel": 256, "swiglu_bwd_kernel": 256, "rope_kernel": 256,
+               "ce_fwd_kernel": 512, "ce_bwd_kernel": 512}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("cu", [p.name for p in CU_FILES])
+def test_kernels_fit_their_blocks_without_spills(compiled, cu):
+    """ptxas' resource usage: registers x the largest block fit an SM's 64K registers (else the
+    launch fails on the GPU only: "too many resources requested"), and nothing spills."""
+    cmd, rc, log, seconds, obj = compiled[cu]
+    assert rc == 0, log
+    entries = re.findall(r"Compiling entry function '(\w+)'.*?Used (\d+) registers", log, re.S)
+    spills = re.findall(r"Function properties for (\w+)\n\s*\d+ bytes stack frame, (\d+) bytes spill "
+                        r"stores, (\d+) bytes spill loads", log)
+    assert entries, log
+    for name, regs in entries:
+        kernel = next((k for k in MAX_THREADS if k in name), None)
+        assert kernel, f"{name}: add its largest block to MAX_THREADS"
+        assert int(regs) * MAX_THREADS[kernel] <= 65536, (name, regs)
+    assert not [s for s in spills if s[1] != "0" or s[2] != "0"], spills
 
 
 @needs_nvcc

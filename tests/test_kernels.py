@@ -4,8 +4,15 @@ follow the CUDA kernels' contract); the per-op backend selection; and, on a GPU 
 the CUDA kernels against float64."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -530,8 +537,8 @@ def test_gpu_rmsnorm(cuda_ext, dtype, wdtype, shape):
     _check(h, h64, dtype, "add_rmsnorm h")
     grads = torch.autograd.grad((y, h), (x, r, w), (dy, dh))
     grads64 = torch.autograd.grad((y64, h64), (x64, r64, w64), (dy.double(), dh.double()))
-    for a, b, n in zip(grads, grads64, ("dx", "dres", "dw")):
-        _check(a, b, dtype, f"add_rmsnorm {n}")
+    for a, b, n, t in zip(grads, grads64, ("dx", "dres", "dw"), (dtype, dtype, wdtype)):
+        _check(a, b, t, f"add_rmsnorm {n}")  # dw is rounded to the weight's dtype
 
 
 @pytest.mark.gpu
@@ -647,3 +654,57 @@ def test_the_build_compiles_every_kernel_source():
     names = {p.name for p in build.sources()}
     assert names == {p.name for p in build.CSRC.glob("*.cu")} | {"binding.cpp"}
     assert {"rmsnorm.cu", "swiglu.cu", "rope.cu", "cross_entropy.cu"} <= names
+
+
+# ---------------------------------------------------------------- the GPU benchmark script
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels_gpu.py"
+
+
+def _bench(tmp_path, *extra):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("OUT", None)
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--skip-compile", "--write",
+                           "--out-dir", str(tmp_path), *extra], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (jpath,) = tmp_path.glob("kernels-*.json")
+    assert (tmp_path / jpath.name.replace(".json", ".md")).exists()
+    res = json.loads(jpath.read_text())
+    assert all(s["status"] == "ok" for s in res["sections"].values()), res["sections"]
+    assert {c["op"] for c in res["checks"]} == {"rmsnorm", "add_rmsnorm", "swiglu", "rope", "cross_entropy"}
+    assert all(c["ok"] for c in res["checks"]), [c for c in res["checks"] if not c["ok"]]
+    return res
+
+
+def test_gpu_benchmark_script_smoke_run(tmp_path):
+    """bench_kernels_gpu.py --smoke (CPU here): every section runs on tiny shapes and the report
+    is written, so the one GPU run is not lost to a bug in the script."""
+    res = _bench(tmp_path)
+    for t in res["timings"]:
+        assert "fused_fwd_bwd" in t and "eager_fwd_bwd" in t, t
+    runs = res["model"]["runs"]
+    assert set(runs) == {"torch", "fused"} and all(r["tokens_per_s"] > 0 for r in runs.values())
+    same = res["model"]["loss_same_weights"]
+    assert abs(same["torch"] - same["fused"]) < 1e-4
+    mg = res["megatron"]
+    assert mg.get("params", 0) > 0 or "not importable" in mg.get("skipped", ""), mg
+
+
+def test_gpu_benchmark_script_runs_a_section_in_its_own_process(tmp_path):
+    res = _bench(tmp_path, "--isolate", "on", "--skip-timing", "--skip-model", "--skip-megatron")
+    assert set(res["sections"]) == {"checks"}
+
+
+def test_gpu_benchmark_section_time_limit():
+    spec = importlib.util.spec_from_file_location("bench_kernels_gpu", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    start = time.monotonic()
+    with pytest.raises(bench.SectionTimeout):
+        with bench.time_limit(1):
+            try:
+                time.sleep(5)
+            except Exception:  # a per-item handler must not swallow the section's timeout
+                pass
+    assert time.monotonic() - start < 3
