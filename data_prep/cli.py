@@ -18,6 +18,14 @@ def main(argv=None) -> int:
                     help="discard the intermediate results of an earlier run with another config")
     p1.add_argument("--no-progress", action="store_true")
 
+    p2 = sub.add_parser("phase2", help="phase-1 output -> quality annotator scores -> the top files "
+                        "per language up to the token target (run under mpirun/srun for many ranks)")
+    p2.add_argument("--config", required=True, help="pipeline YAML (see configs/data_prep/phase2.yaml)")
+    p2.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p2.add_argument("--restart", action="store_true",
+                    help="discard the scores and head of an earlier run with another config")
+    p2.add_argument("--no-progress", action="store_true")
+
     p3 = sub.add_parser("phase3", help="phase-2 seeds -> synthetic files written by an LLM through an "
                         "OpenAI-compatible endpoint -> checked, deduplicated, tokenized datasets")
     p3.add_argument("--config", required=True, help="pipeline YAML (see configs/data_prep/phase3.yaml)")
@@ -50,6 +58,8 @@ def main(argv=None) -> int:
         except (ConfigError, SourceError) as e:
             print(f"data-prep phase1: {e}", file=sys.stderr)
             return 2
+    elif args.cmd == "phase2":
+        return _phase2(args)
     elif args.cmd == "phase3":
         return _phase3(args)
     elif args.cmd == "tokenize":
@@ -73,6 +83,21 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as e:
             print(f"data-prep inspect: {e}", file=sys.stderr)
             return 2
+    return 0
+
+
+def _phase2(args) -> int:
+    """2: a config, input or encoder problem."""
+    from snowtrain.config import ConfigError
+    from .pipeline.phase2 import Phase2
+    from .pipeline.phase2_config import load_phase2_config
+    from .sources import SourceError
+    try:
+        cfg = load_phase2_config(args.config, args.overrides)
+        Phase2(cfg, restart=args.restart, progress=not args.no_progress).run()
+    except (ConfigError, SourceError) as e:
+        print(f"data-prep phase2: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

