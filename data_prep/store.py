@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -29,3 +30,20 @@ def write_pickle(path: str | os.PathLike, obj) -> None:
 def load_pickle(path: str | os.PathLike):
     with open(path, "rb") as f:
         return pickle.load(f)
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike):
+    """A text file open for writing under a temporary name, renamed into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -16,6 +16,8 @@ from typing import Iterable, Iterator
 
 from .store import write_bytes
 
+TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json")
+
 PAD, UNK, EOD = "<pad>", "<unk>", "<eod>"
 REPO_NAME, FILE_SEP = "<repo_name>", "<file_sep>"
 # Reserved for fill-in-the-middle training; not used by the recipe's phases.
@@ -94,6 +96,17 @@ def _train(spm, sample, model, vocab_size, threads, chunk_chars) -> None:
         remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
         split_digits=True, max_sentence_length=4 * chunk_chars + 16, seed_sentencepiece_size=10**6,
         num_threads=threads or os.cpu_count() or 1, minloglevel=2)
+
+
+def copy_tokenizer(model: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Copies tokenizer.model (and special_tokens.json beside it) into <out>/tokenizer/, each
+    file atomically, so every output folder carries the tokenizer its tokens need."""
+    tok_dir = Path(out) / "tokenizer"
+    for name in TOKENIZER_FILES:
+        src = Path(model).parent / name
+        if src.exists():
+            write_bytes(tok_dir / name, src.read_bytes())
+    return tok_dir
 
 
 class Tokenizer:

@@ -28,7 +28,7 @@ from ..records import Record
 from ..sources import JsonlSource, ParquetSource, TreeSource, embedded_roots
 from ..sources.errors import resolve_inputs
 from ..store import load_pickle, write_pickle, write_text
-from ..tokenizer import Tokenizer, train_tokenizer
+from ..tokenizer import Tokenizer, copy_tokenizer, train_tokenizer
 from .config import Phase1Config, dump
 from .manifest import build_manifest, render_funnel
 
@@ -323,13 +323,7 @@ class Phase1:
             prefix = str(self.out / f"{lang}_text_document")
             merge_datasets(per_lang_prefixes[lang], prefix)
             datasets[lang] = prefix
-        tok_dir = self.out / "tokenizer"
-        tok_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.model", "special_tokens.json"):
-            src = Path(model).parent / name
-            if src.exists():
-                shutil.copyfile(src, tok_dir / f".{name}.tmp")
-                os.replace(tok_dir / f".{name}.tmp", tok_dir / name)
+        copy_tokenizer(model, self.out)
         manifest = build_manifest(self, n_units, datasets)
         write_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
         if self.cfg.funnel_png:

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..indexed import merge_datasets, read_index
 from ..store import load_pickle, write_text
+from ..tokenizer import copy_tokenizer
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-
-
-def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """A data-prep tokenizer folder's files (model, special token ids), each copied atomically."""
-    src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.model", "special_tokens.json"):
-        if (src / name).exists():
-            shutil.copyfile(src / name, dst / f".{name}.tmp")
-            os.replace(dst / f".{name}.tmp", dst / name)
 
 
 def finish(run, units, annotator_metrics: dict) -> dict:
@@ -51,7 +41,7 @@ def finish(run, units, annotator_metrics: dict) -> dict:
         languages[lang] = _language_entry(lang, score, tokens, keep, selection["targets"][lang],
                                           datasets.get(lang))
         _check_all_scored(run.input.manifest, lang, len(score))
-    copy_tokenizer(run.input.folder / "tokenizer", run.out / "tokenizer")
+    copy_tokenizer(run.input.tokenizer.path, run.out)
     total = lambda *keys: sum(_get(s, keys) for s in languages.values())  # noqa: E731
     manifest = {
         "stage": "phase2",

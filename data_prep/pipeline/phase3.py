@@ -31,17 +31,16 @@ from snowtrain.config import ConfigError
 from ..comm import local_size, world
 from ..dataset_files import PhaseOutput
 from ..indexed import merge_datasets
-from ..store import load_pickle, write_bytes, write_pickle, write_text
+from ..store import atomic_writer, load_pickle, write_bytes, write_pickle, write_text
 from ..synth.answers import answer_file
 from ..synth.client import Endpoint, EndpointError, Reply
 from ..synth.prompts import EXTENSIONS, render, seed_values
 from ..synth.runner import RequestRunner
 from ..synth.seeds import Seed, draw_seed, file_spans, language_tokens, seed_counts
 from ..tokenize import DatasetEncoder
-from ..tokenizer import FILE_SEP
+from ..tokenizer import FILE_SEP, copy_tokenizer
 from .phase3_config import Phase3Config, generation_stamp, post_stamp
 from .phase3_manifest import build_manifest
-from .phase3_output import atomic_writer, copy_tokenizer
 
 
 class Phase3Failed(RuntimeError):
