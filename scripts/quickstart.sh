@@ -15,23 +15,53 @@ data-prep phase1 --config configs/data_prep/quickstart.yaml
 data-prep inspect "$OUT/data/phase1/python_text_document" \
     --tokenizer "$OUT/data/phase1/tokenizer/tokenizer.model" --max-tokens 40
 
-echo "== check: megatron-core reads what was written"
-PYTHONWARNINGS=ignore python - "$OUT/data/phase1" <<'PY'
+echo "== data: phase 2: train the quality annotator, keep each language's top-scored files"
+data-prep phase2 --config configs/data_prep/quickstart_phase2.yaml
+
+check_datasets() {  # megatron-core reads back every dataset a data-prep output lists
+    PYTHONWARNINGS=ignore python - "$1" <<'PY'
 import json, sys
 from megatron.core.datasets.indexed_dataset import IndexedDataset
-manifest = json.load(open(f"{sys.argv[1]}/manifest.json"))
-for lang, s in manifest["languages"].items():
-    t = s["tokenize"]
-    ds = IndexedDataset(t["dataset"])
-    assert len(ds) == t["documents"] and int(ds.sequence_lengths.sum()) == t["tokens"], lang
-    print(f"  {lang}: {len(ds)} documents, {t['tokens']} tokens, read by megatron-core")
+from data_prep.indexed import read_index
+folder = sys.argv[1]
+for lang in sorted(json.load(open(f"{folder}/manifest.json"))["datasets"]):
+    prefix = f"{folder}/{lang}_text_document"
+    ds, ours = IndexedDataset(prefix), read_index(prefix)
+    assert len(ds) == len(ours.sequence_lengths) and (ds.sequence_lengths == ours.sequence_lengths).all()
+    print(f"  {folder.rsplit('/', 1)[-1]}/{lang}: {len(ds)} documents, "
+          f"{int(ds.sequence_lengths.sum())} tokens, read by megatron-core")
 PY
+}
+echo "== check: megatron-core reads what was written"
+check_datasets "$OUT/data/phase1"
+check_datasets "$OUT/data/phase2"
+
 RECIPE=configs/recipe/quickstart.yaml
 echo "== plan: what each phase costs"
 snowtrain plan --config "$RECIPE" --phase phase1 --gpus 1
 
-echo "== train: the tiny model through all three phases (resumes if run again)"
-snowtrain train --config "$RECIPE" --phase all
+echo "== train: the tiny model through phases 1 and 2 (resumes if run again)"
+snowtrain train --config "$RECIPE" --phase phase1
+snowtrain train --config "$RECIPE" --phase phase2
+
+echo "== data: phase 3: the phase-2 model, served over an OpenAI-compatible API, writes files from phase-2 seeds"
+P2="$(ls -d "$OUT"/checkpoints/phase2/step_* | tail -1)"
+snowtrain serve "$P2" --port 0 --name quickstart > "$OUT/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+    URL="$(grep -o 'http://[0-9.:]*' "$OUT/serve.log" | head -1 || true)"
+    [[ -n $URL ]] || { kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.log"; exit 1; }; sleep 0.5; continue; }
+    break
+done
+[[ -n $URL ]] || { echo "the server did not start; see $OUT/serve.log" >&2; exit 1; }
+SNOWTRAIN_SYNTH_URL="$URL/v1" data-prep phase3 --config configs/data_prep/quickstart_phase3.yaml
+kill $SERVER; wait $SERVER 2>/dev/null || true
+trap - EXIT
+check_datasets "$OUT/data/phase3"
+
+echo "== train: phase 3 on the synthetic files beside the phase-2 files"
+snowtrain train --config "$RECIPE" --phase phase3
 
 echo "== plot: loss across phases"
 snowtrain plot "$OUT/logs" --out "$OUT/loss.png"
