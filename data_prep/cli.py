@@ -10,29 +10,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="data-prep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p1 = sub.add_parser("phase1", help="raw code -> filtered, deduplicated, decontaminated, "
-                        "repository-grouped, tokenized datasets (run under mpirun/srun for many ranks)")
-    p1.add_argument("--config", required=True, help="pipeline YAML (see configs/data_prep/)")
-    p1.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p1.add_argument("--restart", action="store_true",
-                    help="discard the intermediate results of an earlier run with another config")
-    p1.add_argument("--no-progress", action="store_true")
-
-    p2 = sub.add_parser("phase2", help="phase-1 output -> quality annotator scores -> the top files "
-                        "per language up to the token target (run under mpirun/srun for many ranks)")
-    p2.add_argument("--config", required=True, help="pipeline YAML (see configs/data_prep/phase2.yaml)")
-    p2.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p2.add_argument("--restart", action="store_true",
-                    help="discard the scores and head of an earlier run with another config")
-    p2.add_argument("--no-progress", action="store_true")
-
-    p3 = sub.add_parser("phase3", help="phase-2 seeds -> synthetic files written by an LLM through an "
-                        "OpenAI-compatible endpoint -> checked, deduplicated, tokenized datasets")
-    p3.add_argument("--config", required=True, help="pipeline YAML (see configs/data_prep/phase3.yaml)")
-    p3.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p3.add_argument("--restart", action="store_true",
-                    help="discard the answers saved by an earlier run with another config")
-    p3.add_argument("--no-progress", action="store_true")
+    phases = {
+        "phase1": ("raw code -> filtered, deduplicated, decontaminated, repository-grouped, "
+                   "tokenized datasets", "the intermediate results"),
+        "phase2": ("phase-1 output -> quality annotator scores -> the top files per language up "
+                   "to the token target", "the scores and head"),
+        "phase3": ("phase-2 seeds -> synthetic files written by an LLM through an "
+                   "OpenAI-compatible endpoint -> checked, deduplicated, tokenized datasets",
+                   "the answers saved"),
+    }
+    for name, (what, kept) in phases.items():
+        p = sub.add_parser(name, help=f"{what} (run under mpirun/srun for many ranks)")
+        p.add_argument("--config", required=True, help=f"pipeline YAML (see configs/data_prep/{name}.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--restart", action="store_true",
+                       help=f"discard {kept} of an earlier run with another config")
+        p.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("tokenize", help="JSONL documents -> a .bin/.idx dataset (end-of-document appended)")
     t.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl or .jsonl.gz)")

@@ -13,14 +13,12 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
 
-from ..comm import local_size, world
+from ..comm import local_size
 from ..grouping import repository_documents
 from ..indexed import merge_datasets
 from ..tokenize import DatasetEncoder
@@ -31,6 +29,7 @@ from ..store import load_pickle, write_pickle, write_text
 from ..tokenizer import Tokenizer, copy_tokenizer, train_tokenizer
 from .config import Phase1Config, dump
 from .manifest import build_manifest, render_funnel
+from .run import PipelineRun
 
 STAGES = ("read", "filter", "exact_dedup", "near_dedup", "decontaminate", "group", "tokenize")
 
@@ -99,18 +98,12 @@ def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, ou
 
 # ----------------------------------------------------------------------------- the run
 
-class Phase1:
+class Phase1(PipelineRun):
+    name = "phase1"
+
     def __init__(self, cfg: Phase1Config, *, comm=None, restart: bool = False, progress: bool = True):
-        self.cfg = cfg
-        self.comm = comm or world()
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.out = Path(cfg.output)
-        self.work = Path(cfg.work_dir) if cfg.work_dir else self.out / ".work"
-        self.progress = progress and self.rank == 0
-        self.timings: dict[str, float] = {}
-        if self.rank == 0:
-            self._check_work_dir(restart)
-        self.comm.barrier()
+        super().__init__(cfg, comm=comm, progress=progress)
+        self.check_work_dir(restart)
 
     def _check_work_dir(self, restart: bool) -> None:
         stamp = self.work / "config.yaml"
@@ -124,39 +117,23 @@ class Phase1:
             shutil.rmtree(self.work)
         write_text(stamp, text)
 
-    def log(self, msg: str) -> None:
-        if self.rank == 0:
-            print(f"[phase1] {msg}", flush=True)
-
-    def _bar(self, total, desc, unit="unit"):
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True)
-
-    def _mine(self, n: int) -> list[int]:
-        return [i for i in range(n) if i % self.size == self.rank]
-
-    def _timed(self, name, fn):
-        t = time.time()
-        result = fn()
-        self.timings[name] = round(time.time() - t, 3)
-        return result
-
     # ------------------------------------------------------------------ stages
     def run(self) -> dict | None:
-        units = self._timed("list", lambda: list_units(self.cfg))
+        units = self.timed("list", lambda: list_units(self.cfg))
         self.log(f"{len(units)} input units on {self.size} rank(s)")
-        self._timed("read_filter", lambda: self.read_filter(units))
+        self.timed("read_filter", lambda: self.read_filter(units))
         self.comm.barrier()
-        self._timed("dedup", lambda: self.dedup(len(units)))
-        self._timed("decontaminate", lambda: self.decontaminate(len(units)))
+        self.timed("dedup", lambda: self.dedup(len(units)))
+        self.timed("decontaminate", lambda: self.decontaminate(len(units)))
         self.comm.barrier()
-        self._timed("group", lambda: self.group(len(units)))
+        self.timed("group", lambda: self.group(len(units)))
         self.comm.barrier()
-        model = self._timed("tokenizer", self.tokenizer)
-        self._timed("tokenize", lambda: self.tokenize(model))
+        model = self.timed("tokenizer", self.tokenizer)
+        self.timed("tokenize", lambda: self.tokenize(model))
         self.comm.barrier()
         manifest = None
         if self.rank == 0:
-            manifest = self._timed("merge", lambda: self.merge(len(units), model))
+            manifest = self.timed("merge", lambda: self.merge(len(units), model))
             write_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
         self.comm.barrier()
         return manifest
@@ -165,10 +142,10 @@ class Phase1:
         return self.work / stage / f"u{i:06d}.pkl"
 
     def read_filter(self, units) -> None:
-        todo = [i for i in self._mine(len(units))
+        todo = [i for i in self.mine(len(units))
                 if not self._unit_path("read", i).with_suffix(".json").exists()]
         workers = self.cfg.workers or max(1, (os.cpu_count() or 1) // local_size())
-        with self._bar(len(todo), "read+filter") as bar:
+        with self.bar(len(todo), "read+filter") as bar:
             if workers <= 1 or len(todo) <= 1:
                 for i in todo:
                     _read_filter_unit(self.cfg, i, *units[i], self._unit_path("read", i))
@@ -183,7 +160,7 @@ class Phase1:
 
     def _my_records(self, n_units: int) -> list[Record]:
         recs = []
-        for i in self._mine(n_units):
+        for i in self.mine(n_units):
             recs += load_pickle(self._unit_path("read", i))
         return recs
 
@@ -221,8 +198,8 @@ class Phase1:
         gone = set(dropped["exact"]) | set(dropped["near"])
         dec = Decontaminator(DecontamConfig.from_dict(self.cfg.decontamination.options)) \
             if self.cfg.decontamination.enabled else None
-        todo = [i for i in self._mine(n_units) if not self._unit_path("decontam", i).exists()]
-        with self._bar(len(todo), "decontaminate") as bar:
+        todo = [i for i in self.mine(n_units) if not self._unit_path("decontam", i).exists()]
+        with self.bar(len(todo), "decontaminate") as bar:
             for i in todo:
                 removed = {}
                 if dec is not None:
@@ -237,7 +214,7 @@ class Phase1:
         return self.work / stage / f"b{b:05d}.pkl"
 
     def group(self, n_units: int) -> None:
-        mine = [b for b in self._mine(self.cfg.buckets)
+        mine = [b for b in self.mine(self.cfg.buckets)
                 if not self._bucket_path("group", b).with_suffix(".json").exists()]
         if not mine:
             return
@@ -247,7 +224,7 @@ class Phase1:
         for i in range(n_units):
             gone |= set(load_pickle(self._unit_path("decontam", i)))
         per_bucket: dict[int, list[Record]] = defaultdict(list)
-        with self._bar(n_units, "group: collect") as bar:
+        with self.bar(n_units, "group: collect") as bar:
             for i in range(n_units):
                 for r in load_pickle(self._unit_path("read", i)):
                     b = bucket_of(r.lang, r.repo, self.cfg.buckets)
@@ -293,11 +270,11 @@ class Phase1:
     def tokenize(self, model: str) -> None:
         tok = Tokenizer(model)
         workers = max(1, (os.cpu_count() or 1) // local_size())  # ranks on this node share its cores
-        mine = [b for b in self._mine(self.cfg.buckets)
+        mine = [b for b in self.mine(self.cfg.buckets)
                 if not (self.work / "tok" / f"b{b:05d}" / "done.json").exists()]
         if not mine:
             return
-        with self._bar(len(mine), "tokenize", unit="bucket") as bar, \
+        with self.bar(len(mine), "tokenize", unit="bucket") as bar, \
                 DatasetEncoder(tok, workers=workers) as encoder:
             for b in mine:
                 folder = self.work / "tok" / f"b{b:05d}"

@@ -16,15 +16,13 @@ import io
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from snowtrain.config import ConfigError
 
-from ..comm import local_size, world
+from ..comm import local_size
 from ..dataset_files import PhaseOutput
 from ..indexed import IndexedDatasetWriter, read_index
 from ..store import load_pickle, write_bytes, write_pickle, write_text
@@ -32,6 +30,7 @@ from .phase2_config import Phase2Config, dump, encoder_folder
 from .phase2_output import finish
 from .phase2_select import language_targets, select_top
 from .phase2_train import prepare_head
+from .run import PipelineRun
 
 Unit = tuple  # (lang, first document, end document)
 
@@ -51,20 +50,14 @@ def _local_rank() -> int:
     return 0
 
 
-class Phase2:
+class Phase2(PipelineRun):
+    name = "phase2"
+
     def __init__(self, cfg: Phase2Config, *, comm=None, restart: bool = False, progress: bool = True):
-        self.cfg = cfg
-        self.comm = comm or world()
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        super().__init__(cfg, comm=comm, progress=progress)
         self.input = PhaseOutput(cfg.input)
-        self.out = Path(cfg.output)
-        self.work = Path(cfg.work_dir) if cfg.work_dir else self.out / ".work"
-        self.progress = progress and self.rank == 0
-        self.timings: dict[str, float] = {}
         self.encoder = None
-        if self.rank == 0:
-            self._check_work_dir(restart)
-        self.comm.barrier()
+        self.check_work_dir(restart)
 
     def _check_work_dir(self, restart: bool) -> None:
         # The stamp leaves out what does not change the scores (the target, threads): a run may
@@ -82,22 +75,6 @@ class Phase2:
         write_text(stamp, text)
 
     # ------------------------------------------------------------------ helpers
-    def log(self, msg: str) -> None:
-        if self.rank == 0:
-            print(f"[phase2] {msg}", flush=True)
-
-    def bar(self, total, desc, unit="unit"):
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True)
-
-    def mine(self, n: int) -> list[int]:
-        return [i for i in range(n) if i % self.size == self.rank]
-
-    def _timed(self, name, fn):
-        t = time.time()
-        result = fn()
-        self.timings[name] = round(time.time() - t, 3)
-        return result
-
     def _load_encoder(self):
         import torch
         from ..annotator import Encoder
@@ -116,18 +93,18 @@ class Phase2:
     def run(self) -> dict | None:
         units = list_units(self.input, self.cfg.docs_per_unit)
         self.log(f"{len(units)} units ({', '.join(self.input.languages)}) on {self.size} rank(s)")
-        self._timed("load_encoder", self._load_encoder)
-        head, metrics = self._timed("annotator", lambda: prepare_head(self, units))
-        self._timed("score", lambda: self.score(units, head))
+        self.timed("load_encoder", self._load_encoder)
+        head, metrics = self.timed("annotator", lambda: prepare_head(self, units))
+        self.timed("score", lambda: self.score(units, head))
         self.comm.barrier()
         if self.rank == 0:
-            self._timed("select", lambda: self.select(units))
+            self.timed("select", lambda: self.select(units))
         self.comm.barrier()
-        self._timed("write", lambda: self.write(units))
+        self.timed("write", lambda: self.write(units))
         self.comm.barrier()
         manifest = None
         if self.rank == 0:
-            manifest = self._timed("merge", lambda: finish(self, units, metrics))
+            manifest = self.timed("merge", lambda: finish(self, units, metrics))
             write_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
         self.comm.barrier()
         return manifest

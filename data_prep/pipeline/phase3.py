@@ -17,18 +17,16 @@ import json
 import math
 import os
 import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from snowtrain.config import ConfigError
 
-from ..comm import local_size, world
+from ..comm import local_size
 from ..dataset_files import PhaseOutput
 from ..indexed import merge_datasets
 from ..store import atomic_writer, load_pickle, write_bytes, write_pickle, write_text
@@ -39,6 +37,7 @@ from ..synth.runner import RequestRunner
 from ..synth.seeds import Seed, draw_seed, file_spans, language_tokens, seed_counts
 from ..tokenize import DatasetEncoder
 from ..tokenizer import FILE_SEP, copy_tokenizer
+from .run import PipelineRun
 from .phase3_config import Phase3Config, generation_stamp, post_stamp
 from .phase3_manifest import build_manifest
 
@@ -86,29 +85,18 @@ class Plan:
         raise IndexError(i)
 
 
-class Phase3:
+class Phase3(PipelineRun):
+    name = "phase3"
+
     def __init__(self, cfg: Phase3Config, *, comm=None, restart: bool = False, progress: bool = True,
                  config_file=None):
-        self.cfg, self.config_file = cfg, config_file
-        self.comm = comm or world()
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.out = Path(cfg.output)
-        self.work = Path(cfg.work_dir) if cfg.work_dir else self.out / ".work"
+        super().__init__(cfg, comm=comm, progress=progress)
+        self.config_file = config_file
         self.post = self.work / "post"
-        self.progress = progress and self.rank == 0
-        self.timings: dict[str, float] = {}
         self.source = PhaseOutput(cfg.input)
         self._spans: dict[str, np.ndarray] = {}
         self._orders: dict[str, dict] = {}
-        error = None
-        if self.rank == 0:
-            try:
-                self._check_work_dir(restart)
-            except ConfigError as e:
-                error = e
-        error = self.comm.bcast(error, root=0)
-        if error is not None:
-            raise error
+        self.check_work_dir(restart)
 
     def _check_work_dir(self, restart: bool) -> None:
         stamp, text = self.work / "config.yaml", generation_stamp(self.cfg)
@@ -129,37 +117,21 @@ class Phase3:
             shutil.rmtree(self.post)
         write_text(post, post_stamp(self.cfg))
 
-    def log(self, msg: str) -> None:
-        if self.rank == 0:
-            print(f"[phase3] {msg}", flush=True)
-
-    def _bar(self, total, desc, unit="unit"):
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True)
-
-    def _mine(self, n: int) -> list[int]:
-        return [i for i in range(n) if i % self.size == self.rank]
-
-    def _timed(self, name, fn):
-        t = time.time()
-        result = fn()
-        self.timings[name] = round(time.time() - t, 3)
-        return result
-
     def run(self) -> dict | None:
-        plan = self._timed("plan", self.plan)
+        plan = self.timed("plan", self.plan)
         self.log(f"{plan.num_seeds} seeds ({', '.join(f'{k} {v}' for k, v in plan.counts.items())}) "
                  f"in {plan.num_units} units on {self.size} rank(s)")
-        self._timed("generate", lambda: self.generate(plan))
-        self._timed("check", lambda: self.check(plan))
+        self.timed("generate", lambda: self.generate(plan))
+        self.timed("check", lambda: self.check(plan))
         self.comm.barrier()
-        self._timed("dedup", lambda: self.dedup(plan))
-        self._timed("decontaminate", lambda: self.decontaminate(plan))
+        self.timed("dedup", lambda: self.dedup(plan))
+        self.timed("decontaminate", lambda: self.decontaminate(plan))
         self.comm.barrier()
-        self._timed("tokenize", lambda: self.tokenize(plan))
+        self.timed("tokenize", lambda: self.tokenize(plan))
         self.comm.barrier()
         manifest = None
         if self.rank == 0:
-            manifest = self._timed("merge", lambda: self.merge(plan))
+            manifest = self.timed("merge", lambda: self.merge(plan))
             write_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
         self.comm.barrier()
         return manifest
@@ -251,7 +223,7 @@ class Phase3:
             return
         # unit -> its answers, None where a request is still to be made
         todo: dict[int, list] = {}
-        for u in self._mine(plan.num_units):
+        for u in self.mine(plan.num_units):
             p = self._gen_path(u)
             if not p.exists():
                 todo[u] = [None] * len(plan.unit_seeds(u))
@@ -272,8 +244,8 @@ class Phase3:
             if problem:
                 raise EndpointError(problem)
         self._pending_seeds: dict[int, list[Seed]] = {}
-        mine_total = sum(len(plan.unit_seeds(u)) for u in self._mine(plan.num_units))
-        with self._bar(n_requests, "requests", unit="req") as bar:
+        mine_total = sum(len(plan.unit_seeds(u)) for u in self.mine(plan.num_units))
+        with self.bar(n_requests, "requests", unit="req") as bar:
             runner = RequestRunner(endpoint, self.cfg.endpoint.concurrency,
                                    max_errors=self.cfg.max_error_fraction * mine_total,
                                    max_consecutive_errors=self.cfg.max_consecutive_errors, bar=bar)
@@ -298,7 +270,7 @@ class Phase3:
     def _close_generation(self, plan: Plan, stats) -> None:
         """Fails the run when too many requests failed; else the answers become final."""
         errors = missing = 0
-        for u in self._mine(plan.num_units):
+        for u in self.mine(plan.num_units):
             p = self._gen_path(u)
             if p.exists():
                 errors += sum(a["error"] is not None for a in _read_jsonl(p))
@@ -338,7 +310,7 @@ class Phase3:
         from ..filters import FilterChain
         chain = FilterChain(self.cfg.filters)
         a = self.cfg.answers
-        todo = [u for u in self._mine(plan.num_units) if not self._post_path("check", u).exists()]
+        todo = [u for u in self.mine(plan.num_units) if not self._post_path("check", u).exists()]
         for u in todo:
             items = []
             for ans in _read_jsonl(self._gen_path(u)):
@@ -361,7 +333,7 @@ class Phase3:
         if done.exists():
             return
         docs, lang = [], {}
-        for u in self._mine(plan.num_units):
+        for u in self.mine(plan.num_units):
             for seed, lg, _stage, reason, code in load_pickle(self._post_path("check", u)):
                 if reason is None:
                     docs.append((self._doc_id(seed), code))
@@ -386,7 +358,7 @@ class Phase3:
     def decontaminate(self, plan: Plan) -> None:
         """Decontaminates the survivors and writes each unit's final verdicts."""
         from ..decontam import DecontamConfig, Decontaminator
-        todo = [u for u in self._mine(plan.num_units)
+        todo = [u for u in self.mine(plan.num_units)
                 if not self._post_path("final", u, ".json").exists()]
         if not todo:
             return
@@ -440,13 +412,13 @@ class Phase3:
 
     def tokenize(self, plan: Plan) -> None:
         shards = math.ceil(plan.num_units / self.cfg.shard_units)
-        mine = [s for s in self._mine(shards) if not (self._shard_dir(s) / "done.json").exists()]
+        mine = [s for s in self.mine(shards) if not (self._shard_dir(s) / "done.json").exists()]
         if not mine:
             return
         before = self._kept_before(plan)
         tok = self.source.tokenizer
         workers = max(1, (os.cpu_count() or 1) // local_size())
-        with self._bar(len(mine), "tokenize", unit="shard") as bar, \
+        with self.bar(len(mine), "tokenize", unit="shard") as bar, \
                 DatasetEncoder(tok, workers=workers) as encoder:
             for s in mine:
                 units = range(s * self.cfg.shard_units, min(plan.num_units, (s + 1) * self.cfg.shard_units))
