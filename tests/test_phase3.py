@@ -341,6 +341,7 @@ def test_accounting_matches_what_the_server_did(mixed_run):
         assert s["decontaminate"]["kept"] == stats["kept"] == stats["tokenize"]["documents"]
     assert m["totals"]["kept"] + m["totals"]["dropped"] == 80
     assert m["totals"]["completion_tokens"] == 20 * (80 - kinds["badreq"])
+    assert (out / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_retries_and_no_retry_on_other_4xx(mixed_run):

@@ -94,24 +94,30 @@ def build_manifest(run, n_units: int, datasets: dict[str, str]) -> dict:
     }
 
 
-def render_funnel(manifest: dict, out_png: str | os.PathLike) -> Path:
-    """Files left after each stage, per language, as grouped bars."""
+def phase1_funnel(manifest: dict) -> dict[str, dict[str, int]]:
+    """Files left after each phase-1 stage, per language."""
+    steps = ("filter", "exact_dedup", "near_dedup", "decontaminate")
+    return {lang: {"read": s["filter"]["in"], **{step: s[step]["kept"] for step in steps}}
+            for lang, s in manifest["languages"].items()}
+
+
+def render_funnel(counts: dict[str, dict[str, int]], title: str, out_png: str | os.PathLike,
+                  unit: str = "files") -> Path:
+    """counts[lang][stage] (stages in order) as grouped bars, written atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    langs = list(manifest["languages"])
-    steps = ["read", "filter", "exact_dedup", "near_dedup", "decontaminate"]
+    langs = list(counts)
+    steps = list(next(iter(counts.values()), {}))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(langs) + 3), 4.5))
-    width = 0.8 / len(steps)
+    width = 0.8 / max(1, len(steps))
     for k, step in enumerate(steps):
-        vals = [manifest["languages"][l]["filter"]["in"] if step == "read"
-                else manifest["languages"][l][step]["kept"] for l in langs]
-        ax.bar([i + k * width for i in range(len(langs))], vals, width, label=step)
+        ax.bar([i + k * width for i in range(len(langs))], [counts[l][step] for l in langs], width,
+               label=step)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(langs))], langs, rotation=30)
-    ax.set_ylabel("files")
-    t = manifest["totals"]
-    ax.set_title(f"phase-1 funnel: {t['read']} read, {t['kept']} kept, {t['tokens']:,} tokens")
+    ax.set_ylabel(unit)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     out = Path(out_png)

@@ -28,7 +28,7 @@ from ..sources.errors import resolve_inputs
 from ..store import load_pickle, write_pickle, write_text
 from ..tokenizer import Tokenizer, copy_tokenizer, train_tokenizer
 from .config import Phase1Config, dump
-from .manifest import build_manifest, render_funnel
+from .manifest import build_manifest, phase1_funnel, render_funnel
 from .run import PipelineRun
 
 STAGES = ("read", "filter", "exact_dedup", "near_dedup", "decontaminate", "group", "tokenize")
@@ -305,7 +305,9 @@ class Phase1(PipelineRun):
         write_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
         if self.cfg.funnel_png:
             try:
-                render_funnel(manifest, self.out / "funnel.png")
+                t = manifest["totals"]
+                render_funnel(phase1_funnel(manifest), f"phase-1 funnel: {t['read']} read, "
+                              f"{t['kept']} kept, {t['tokens']:,} tokens", self.out / "funnel.png")
             except ImportError:
                 self.log("matplotlib is not installed: no funnel.png")
         self.log(f"wrote {len(datasets)} datasets to {self.out}; manifest.json"

@@ -39,7 +39,8 @@ from ..tokenize import DatasetEncoder
 from ..tokenizer import FILE_SEP, copy_tokenizer
 from .run import PipelineRun
 from .phase3_config import Phase3Config, generation_stamp, post_stamp
-from .phase3_manifest import build_manifest
+from .manifest import render_funnel
+from .phase3_manifest import STAGES, build_manifest
 
 
 class Phase3Failed(RuntimeError):
@@ -458,6 +459,15 @@ class Phase3(PipelineRun):
         manifest = build_manifest(self, plan, finals, tokens, datasets)
         write_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
         t = manifest["totals"]
+        plot = ""
+        try:
+            funnel = {lang: {"seeds": s["requested"], **{k: s["stages"][k]["kept"] for k in STAGES}}
+                      for lang, s in manifest["languages"].items()}
+            render_funnel(funnel, f"phase-3 funnel: {t['requested']} seeds, {t['kept']} files kept, "
+                          f"{t['tokens']:,} tokens", self.out / "funnel.png")
+            plot = ", funnel.png"
+        except ImportError:
+            self.log("matplotlib is not installed: no funnel.png")
         self.log(f"kept {t['kept']} of {t['requested']} synthetic files ({t['tokens']:,} tokens) in "
-                 f"{len(datasets)} datasets in {self.out}; manifest.json, synthetic.jsonl")
+                 f"{len(datasets)} datasets in {self.out}; manifest.json, synthetic.jsonl{plot}")
         return manifest
