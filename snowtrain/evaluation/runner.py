@@ -1,0 +1,229 @@
+"""One evaluation: generate completions, run them, score them. Both stages resume.
+
+<out>/run.json       the settings; rerunning with other generation settings is refused
+<out>/samples.jsonl  a line per completion, appended as each is generated
+<out>/results.jsonl  a line per executed completion, appended as each finishes
+<out>/summary.json   pass@k and counts, written last
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .backends import DEFAULT_STOP, TOO_LONG
+from .execution import Limits, program, run_programs
+from .problems import Problem, problems_digest
+
+KS = (1, 10, 100)
+
+
+class EvalError(Exception):
+    """An output folder that holds another run (a user error: exit 2)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    stop: tuple = DEFAULT_STOP
+    seed: int = 0
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chen et al.'s unbiased estimator 1 - C(n-c, k) / C(n, k), as a product that stays
+    accurate for large n (their numerically stable form)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c})")
+    if n - c < k:
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss
+
+
+def sample_seed(seed: int, task_id: str, index: int) -> int:
+    """A per-sample seed: the same completion whatever order or concurrency produced it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{task_id}:{index}".encode()).digest()[:7], "big")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Log:
+    """An append-only JSONL file keyed by (task_id, sample); the last line for a key wins. A torn
+    last line (a crash mid-write) is dropped, and the file rewritten without it."""
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, threading.Lock()
+
+    def load(self) -> dict[tuple[str, int], dict]:
+        if not self.path.exists():
+            return {}
+        raw = self.path.read_bytes()
+        records, good = {}, []
+        for line in raw.splitlines():
+            try:
+                rec = json.loads(line)
+                key = (rec["task_id"], rec["sample"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            records[key] = rec
+            good.append(line)
+        if len(good) != len(raw.splitlines()) or (raw and not raw.endswith(b"\n")):
+            write_atomic(self.path, "".join(ln.decode() + "\n" for ln in good))
+        return records
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record) + "\n"
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _check_run(out: Path, run: dict, results: Log, say) -> None:
+    path = out / "run.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        differ = [k for k in ("benchmark", "problems_digest", "model", "generation") if old.get(k) != run[k]]
+        if differ:
+            detail = "; ".join(f"{k}: {old.get(k)} -> {run[k]}" for k in differ)
+            raise EvalError(f"{out} holds an evaluation with other settings ({detail}): pass another "
+                            "--out, or delete the folder to start over")
+        if old.get("execution") != run["execution"]:
+            say(f"execution settings changed ({old.get('execution')} -> {run['execution']}): "
+                "running every completion again")
+            results.clear()
+    write_atomic(path, json.dumps(run, indent=2) + "\n")
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="sample", disable=not progress or total == 0,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def _generate(backend, todo, gen: Generation, samples: dict, log: Log, bar) -> None:
+    def one(item):
+        p, i = item
+        c = backend.complete(p.prompt, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                             top_p=gen.top_p, stop=gen.stop, seed=sample_seed(gen.seed, p.task_id, i))
+        rec = {"task_id": p.task_id, "sample": i, "completion": c.text,
+               "finish_reason": c.finish_reason, "tokens": c.tokens}
+        log.append(rec)
+        samples[(p.task_id, i)] = rec
+        bar.update()
+
+    if backend.concurrency <= 1:
+        for item in todo:
+            one(item)
+        return
+    with ThreadPoolExecutor(backend.concurrency) as pool:
+        futures = [pool.submit(one, item) for item in todo]
+        try:
+            for f in as_completed(futures):
+                f.result()
+        except BaseException:
+            for f in futures:  # stop queued requests; those in flight finish and are kept
+                f.cancel()
+            raise
+
+
+def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], out: str | Path,
+             gen: Generation = Generation(), limits: Limits = Limits(), limit: int | None = None,
+             workers: int | None = None, problems_file: str | None = None, progress: bool = True,
+             say=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
+    """Evaluates `backend` on problems[:limit] into `out`; -> the summary (also summary.json)."""
+    start = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = {"benchmark": benchmark, "problems_file": problems_file,
+           "problems_digest": problems_digest(problems), "model": model,
+           "generation": {**asdict(gen), "stop": list(gen.stop)}, "execution": asdict(limits)}
+    sample_log, result_log = Log(out / "samples.jsonl"), Log(out / "results.jsonl")
+    _check_run(out, run, result_log, say)
+    problems = problems[:limit] if limit else problems
+    keys = [(p, i) for p in problems for i in range(gen.samples)]
+
+    samples = sample_log.load()
+    if not samples:
+        result_log.clear()  # results without their completions cannot be trusted
+    todo = [(p, i) for p, i in keys if (p.task_id, i) not in samples]
+    with _bar(len(todo), f"{benchmark}: generate", progress) as bar:
+        _generate(backend, todo, gen, samples, sample_log, bar)
+    generated_s = time.time() - start
+
+    results = result_log.load()
+    for p, i in todo:  # completions made now are run now, whatever an older results line says
+        results.pop((p.task_id, i), None)
+    pending = [(p, i) for p, i in keys if (p.task_id, i) not in results]
+    runnable = []
+    for p, i in pending:
+        s = samples[(p.task_id, i)]
+        if s["finish_reason"] == TOO_LONG:
+            rec = {"task_id": p.task_id, "sample": i, "passed": False,
+                   "result": "failed: the prompt is longer than the model's context"}
+            result_log.append(rec)
+            results[(p.task_id, i)] = rec
+        else:
+            runnable.append((p, i, program(p.prompt, s["completion"], p.test, p.entry_point)))
+    with _bar(len(runnable), f"{benchmark}: execute", progress) as bar:
+        for j, passed, result in run_programs([r[2] for r in runnable], limits, workers):
+            p, i, _ = runnable[j]
+            rec = {"task_id": p.task_id, "sample": i, "passed": passed, "result": result}
+            result_log.append(rec)
+            results[(p.task_id, i)] = rec
+            bar.update()
+
+    correct = [sum(results[(p.task_id, i)]["passed"] for i in range(gen.samples)) for p in problems]
+    outcomes = [results[(p.task_id, i)]["result"] for p, i in keys]
+    summary = {
+        "benchmark": benchmark, "problems_file": problems_file, "model": model,
+        "problems": len(problems), "samples_per_problem": gen.samples,
+        "pass@k": {f"pass@{k}": sum(pass_at_k(gen.samples, c, k) for c in correct) / len(problems)
+                   for k in KS if k <= gen.samples},
+        "problems_solved": sum(c > 0 for c in correct),
+        "samples_passed": sum(correct),
+        "results": {"passed": sum(r == "passed" for r in outcomes),
+                    "failed": sum(r.startswith("failed") for r in outcomes),
+                    "timed out": sum(r == "timed out" for r in outcomes)},
+        "prompts_too_long": sum(samples[(p.task_id, i)]["finish_reason"] == TOO_LONG for p, i in keys),
+        "generation": run["generation"], "execution": run["execution"],
+        "this_run": {"generated": len(todo), "executed": len(pending),
+                     "generate_s": round(generated_s, 2), "total_s": round(time.time() - start, 2)},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summary_line(s: dict) -> str:
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in s["pass@k"].items())
+    if s["samples_per_problem"] == 1:
+        count = f"{s['samples_passed']}/{s['problems']}"
+    else:
+        count = f"{s['problems']} problems x {s['samples_per_problem']} samples"
+    line = f"{s['benchmark']}: {scores} ({count})"
+    if s["prompts_too_long"]:
+        line += f"; {s['prompts_too_long']} prompt(s) longer than the model's context, counted as failed"
+    return line
