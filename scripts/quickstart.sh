@@ -76,4 +76,6 @@ ids = torch.tensor([sp.encode("<repo_name>demo\n<file_sep>main.py\nimport ")])
 out = model.generate(ids, max_new_tokens=24, do_sample=False)
 print("  sample:", repr(sp.decode(out[0].tolist())))
 PY
+echo "== eval: HumanEval pass@1 (greedy) on its first 20 problems (a toy model scores 0)"
+snowtrain eval "$OUT/hf" --benchmark humaneval --limit 20 --max-new-tokens 64 --out "$OUT/eval" --quiet
 echo "quickstart done: $OUT"
