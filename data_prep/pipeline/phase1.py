@@ -165,32 +165,10 @@ class Phase1(PipelineRun):
         return recs
 
     def dedup(self, n_units: int) -> None:
-        from ..dedup import exact_dedup, near_dedup
         done = self.work / "dedup.pkl"
-        if done.exists():
-            return
-        records = self._my_records(n_units)
-        lang = {r.id: r.lang for r in records}
-        result = {"exact": {}, "near": {}}
-        if self.cfg.exact_dedup.enabled:
-            self.log("exact dedup")
-            res = exact_dedup(records, self.cfg.exact_dedup.options, comm=self.comm)
-            result["exact"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
-            records = [r for r in records if r.id not in res.dropped]
-        if self.cfg.near_dedup.enabled:
-            self.log("near dedup (MinHash LSH)")
-            res = near_dedup(records, self.cfg.near_dedup.options, comm=self.comm,
-                             progress=self.progress)
-            result["near"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
-        parts = self.comm.gather(result, root=0)
-        if self.rank == 0:
-            merged = {"exact": {}, "near": {}}
-            for p in parts:
-                merged["exact"].update(p["exact"])
-                merged["near"].update(p["near"])
-            merged = {k: dict(sorted(v.items())) for k, v in merged.items()}
-            write_pickle(done, merged)
-        self.comm.barrier()
+        if not done.exists():
+            records = self._my_records(n_units)
+            self.deduplicate(records, {r.id: r.lang for r in records}, lambda r: r.id, done)
 
     def decontaminate(self, n_units: int) -> None:
         from ..decontam import DecontamConfig, Decontaminator

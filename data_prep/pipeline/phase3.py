@@ -329,7 +329,6 @@ class Phase3(PipelineRun):
         return f"s{seed:010d}"
 
     def dedup(self, plan: Plan) -> None:
-        from ..dedup import exact_dedup, near_dedup
         done = self.post / "dedup.pkl"
         if done.exists():
             return
@@ -339,22 +338,7 @@ class Phase3(PipelineRun):
                 if reason is None:
                     docs.append((self._doc_id(seed), code))
                     lang[self._doc_id(seed)] = lg
-        result = {"exact": {}, "near": {}}
-        if self.cfg.exact_dedup.enabled:
-            res = exact_dedup(docs, self.cfg.exact_dedup.options, comm=self.comm)
-            result["exact"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
-            docs = [d for d in docs if d[0] not in res.dropped]
-        if self.cfg.near_dedup.enabled:
-            res = near_dedup(docs, self.cfg.near_dedup.options, comm=self.comm, progress=self.progress)
-            result["near"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
-        parts = self.comm.gather(result, root=0)
-        if self.rank == 0:
-            merged = {"exact": {}, "near": {}}
-            for p in parts:
-                merged["exact"].update(p["exact"])
-                merged["near"].update(p["near"])
-            write_pickle(done, {k: dict(sorted(v.items())) for k, v in merged.items()})
-        self.comm.barrier()
+        self.deduplicate(docs, lang, lambda d: d[0], done)
 
     def decontaminate(self, plan: Plan) -> None:
         """Decontaminates the survivors and writes each unit's final verdicts."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..comm import world
+from ..store import write_pickle
 
 
 class PipelineRun:
@@ -54,3 +55,27 @@ class PipelineRun:
         result = fn()
         self.timings[name] = round(time.time() - t, 3)
         return result
+
+    def deduplicate(self, items: list, lang: dict[str, str], id_of, done: Path) -> None:
+        """Exact, then near dedup of every rank's items (records or (id, text) pairs) as one
+        corpus; rank 0 writes {"exact"|"near": {id: {..., "lang"}}} to `done`."""
+        from ..dedup import exact_dedup, near_dedup
+        result: dict = {"exact": {}, "near": {}}
+        if self.cfg.exact_dedup.enabled:
+            self.log("exact dedup")
+            res = exact_dedup(items, self.cfg.exact_dedup.options, comm=self.comm)
+            result["exact"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
+            items = [x for x in items if id_of(x) not in res.dropped]
+        if self.cfg.near_dedup.enabled:
+            self.log("near dedup (MinHash LSH)")
+            res = near_dedup(items, self.cfg.near_dedup.options, comm=self.comm,
+                             progress=self.progress)
+            result["near"] = {i: {**d, "lang": lang[i]} for i, d in res.dropped.items()}
+        parts = self.comm.gather(result, root=0)
+        if self.rank == 0:
+            merged: dict = {"exact": {}, "near": {}}
+            for part in parts:
+                for kind in merged:
+                    merged[kind].update(part[kind])
+            write_pickle(done, {k: dict(sorted(v.items())) for k, v in merged.items()})
+        self.comm.barrier()
