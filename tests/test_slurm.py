@@ -7,7 +7,9 @@ a phase completes and leaves checkpoints; submit_recipe.sh chains phase 2 after 
 (afterok) and phase 2 starts from phase 1's final weights; a job signalled mid-phase checkpoints,
 requeues itself and resumes to the same final loss as the uninterrupted run; a job killed
 without warning is resumed from its last good checkpoint on resubmission; a 2-node job's ranks
-meet across the nodes; data_prep.sh starts MPI ranks across the allocation.
+meet across the nodes; data_prep.sh starts MPI ranks across the allocation; synth.sh serves a
+tiny model with `snowtrain serve` (in place of vLLM), runs data-prep phase 3 against it and stops
+it, fails fast when the server cannot start, and stops it on the time-limit signal.
 
 Skipped with the reason when SLURM is not installed (`bash scripts/slurm_cluster.sh install`,
 which scripts/test.sh runs) or when not root.
@@ -28,6 +30,16 @@ import pytest
 from slurm_cluster import SlurmCluster, unavailable_reason
 from snowtrain.config import save_config
 from train_helpers import losses, make_datasets, recipe
+
+# synth.sh's inputs: a phase-2-like seed folder and the phase-3 config writer (tests/test_phase3.py),
+# a tiny exported model with its sentencepiece tokenizer (tests/test_serve.py). Fixtures, used
+# through request.getfixturevalue so that the other tests run without them.
+try:
+    from test_phase3 import seeds_dir, write_config as write_phase3_config  # noqa: F401
+    from test_serve import hf_dir, tokenizer_path  # noqa: F401
+    SYNTH_SKIP = None
+except (ImportError, pytest.skip.Exception) as e:     # test_serve skips itself without transformers
+    SYNTH_SKIP = f"synth.sh test inputs unavailable: {e}"
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_DIR = ROOT / "launch" / "slurm"
@@ -409,6 +421,133 @@ def test_data_prep_phase1_two_ranks_match_one_rank(cluster, tmp_path):
         assert f"on {n} rank(s)" in log and f"data prep exited 0 with {n} rank(s)" in log, log[-3000:]
         outputs[n] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".bin", ".idx")}
     assert outputs[1] and outputs[1] == outputs[2]
+
+
+# ----------------------------------------------------------------------------- phase 3 in one job
+
+SYNTH_SEEDS = 8
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _processes_with(text: str) -> list[str]:
+    """Command lines of the running processes that contain `text`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(f"{d.name}: {cmd}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def synth_runs(cluster, request, tmp_path_factory):
+    """synth.sh three times at once: with `snowtrain serve` on a tiny model (it must complete);
+    with a model folder that does not exist (the server exits at once: the job must fail fast);
+    and signalled (SIGUSR1, as before a time limit) while its server loads, requeueing disabled."""
+    if SYNTH_SKIP:
+        pytest.skip(SYNTH_SKIP)
+    from concurrent.futures import ThreadPoolExecutor
+    seeds, hf = request.getfixturevalue("seeds_dir"), request.getfixturevalue("hf_dir")
+
+    def watch(name: str, run: dict) -> dict:
+        if name == "stop":
+            wait_for(lambda: "server pid" in run_log(run["root"], "synth-stop", run["jid"])
+                     or cluster.job_state(run["jid"]).get("JobState") in TERMINAL, 120, "the server's start")
+            cluster.run("scancel", "--signal=USR1", "--batch", run["jid"])
+        info = wait_job(cluster, run["jid"], timeout=180)
+        return dict(info=info, elapsed=time.time() - run["start"],
+                    log=run_log(run["root"], f"synth-{name}", run["jid"]))
+
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="synth")
+    request.addfinalizer(lambda: pool.shutdown(wait=True))
+    runs = {}
+    for name in ("ok", "bad", "stop"):
+        root = tmp_path_factory.mktemp(f"synth-{name}")
+        model = root / "no-such-model" if name == "bad" else hf
+        # The tiny model's context is 96 tokens: short seeds and answers.
+        config = write_phase3_config(
+            root / "phase3.yaml", seeds, root / "out", "${SNOWTRAIN_SYNTH_URL:-http://127.0.0.1:9/v1}",
+            num_seeds=SYNTH_SEEDS, unit_size=4, max_seed_chars=48,
+            endpoint={"api": "completions", "model": "tiny", "concurrency": 2},
+            generation={"max_tokens": 8}, answers={"finish_reasons": ["stop", "length"]},
+            filters={"basic": False, "python_syntax": False, "encoded_data": False})
+        env = cluster.env(clean_env())
+        env.update(OMP_NUM_THREADS="1", SNOWTRAIN_SYNTH_WAIT_S="600" if name == "bad" else "120",
+                   SNOWTRAIN_REQUEUE="0",
+                   SNOWTRAIN_SYNTH_SERVER=f"{VENV / 'bin' / 'snowtrain'} serve {model} --port $PORT "
+                                          "--name tiny --threads 1")
+        jid = sbatch(cluster, root, env, *CPU, "--ntasks-per-node=2", f"--job-name=synth-{name}",
+                     str(SLURM_DIR / "synth.sh"), "--config", str(config), "--no-progress")
+        runs[name] = dict(root=root, jid=jid, model=model, start=time.time())
+        # Each job watched from its own thread: one that ends is purged a few seconds later.
+        runs[name]["future"] = pool.submit(watch, name, runs[name])
+    for name, run in runs.items():
+        run.update(run.pop("future").result())
+    return runs
+
+
+def test_synth_serves_the_model_runs_phase3_and_stops_the_server(synth_runs):
+    run = synth_runs["ok"]
+    root, jid, log = run["root"], run["jid"], run["log"]
+    assert run["info"]["JobState"] == "COMPLETED" and run["info"]["ExitCode"] == "0:0", (run["info"], log[-4000:])
+    m = re.search(r"server ready after \d+s: (http://127\.0\.0\.1:(\d+)/v1)", log)
+    assert m, log[-4000:]
+    url, port = m.group(1), m.group(2)
+    assert "data prep exited 0 with 2 rank(s)" in log
+    # The config's ${SNOWTRAIN_SYNTH_URL:-...} was this job's server; every seed is accounted for.
+    manifest = json.loads((root / "out" / "manifest.json").read_text())
+    t = manifest["totals"]
+    assert manifest["endpoint"]["base_url"] == url
+    assert t["requested"] == SYNTH_SEEDS and t["kept"] + t["dropped"] == SYNTH_SEEDS, t
+    assert t["failed_requests"] == 0 and t["kept"] >= 1, t
+    # The server answered those requests, and was stopped after data prep, by SIGTERM.
+    server_log = (log_dir(root, "synth-ok", jid) / "server-0.log").read_text()
+    assert f"serving {run['model']} as tiny on http://127.0.0.1:{port}" in server_log, server_log
+    assert server_log.count("POST /v1/completions 200") == t["requests"], server_log
+    assert "snowtrain serve: stopped" in server_log, server_log
+    assert log.index("data prep exited 0") < log.index("stopping the server") < log.index("server stopped (exit 0)")
+    pid = int(re.search(r"server pid (\d+)", log).group(1))
+    assert not _alive_pid(pid)
+    assert not _processes_with(str(run["model"])), _processes_with(str(run["model"]))
+
+
+def test_synth_fails_fast_with_the_server_log_when_the_server_cannot_start(synth_runs):
+    run = synth_runs["bad"]
+    root, jid, log = run["root"], run["jid"], run["log"]
+    assert run["info"]["JobState"] == "FAILED" and run["info"]["ExitCode"] == "1:0", (run["info"], log[-4000:])
+    assert run["info"]["Restarts"] == "0"
+    assert run["elapsed"] < 120, run["elapsed"]      # SNOWTRAIN_SYNTH_WAIT_S was 600
+    # The reason and the server log's tail, in the job's output file.
+    out = (root / f"slurm-synth-bad-{jid}.out").read_text()
+    assert re.search(r"the server exited \(2\) before it was ready", out), out[-4000:]
+    assert re.search(r"server\| snowtrain serve: .*no-such-model.* is neither a Hugging Face folder", out), out[-4000:]
+    assert "mpiexec" not in out and not (root / "out").exists()     # data prep never started
+    assert not _processes_with(str(run["model"]))
+
+
+def test_synth_stops_its_server_on_the_time_limit_signal(synth_runs):
+    run = synth_runs["stop"]
+    log = run["log"]
+    # Signalled while the server loads (or, on a slow machine, once data prep runs): either way
+    # the job stops, would requeue (here SNOWTRAIN_REQUEUE=0: exit 3), and stops its server.
+    assert run["info"]["ExitCode"] == "3:0" and run["info"]["Restarts"] == "0", (run["info"], log[-4000:])
+    assert "received SIGUSR1" in log and "SNOWTRAIN_REQUEUE=0: not requeueing" in log, log[-4000:]
+    assert re.search(r"stop requested \(SIGUSR1\) while the server was loading|stopped on SIGUSR1", log)
+    assert "server stopped" in log, log[-4000:]
+    server_log = (log_dir(run["root"], "synth-stop", run["jid"]) / "server-0.log").read_text()
+    assert "snowtrain serve: stopped" in server_log or "serving" not in server_log, server_log
+    assert not _alive_pid(int(re.search(r"server pid (\d+)", log).group(1)))
 
 
 # ----------------------------------------------------------------------------- no cluster needed

@@ -418,7 +418,9 @@ st_train_phase() {
 # ----------------------------------------------------------------------------- data prep
 
 # st_data_prep [ARGS...]: runs `data-prep ARGS` (or SNOWTRAIN_DATA_PREP_CMD; ARGS default to
-# SNOWTRAIN_DATA_PREP_ARGS) as SLURM_NTASKS MPI ranks over the allocation.
+# SNOWTRAIN_DATA_PREP_ARGS) as SLURM_NTASKS MPI ranks over the allocation, and exits with its
+# status. st_data_prep_cmd [ARGS...] only sets ST_DP_CMD, the launcher's command line (for a
+# caller that runs it in the background, as synth.sh does).
 #
 # Launcher (SNOWTRAIN_MPI_LAUNCHER): `mpiexec` (the default when the environment has one) starts
 # the ranks itself; Open MPI's mpiexec reads the allocation from SLURM and starts its daemons
@@ -426,7 +428,7 @@ st_train_phase() {
 # cannot be started by `srun --mpi=pmi2`, and Debian's Slurm lacks the PMIx library). `srun`
 # starts the ranks directly (`srun --mpi=$SNOWTRAIN_SRUN_MPI`, default pmix): use it with an MPI
 # built against the cluster's PMIx, and for pyxis containers.
-st_data_prep() {
+st_data_prep_cmd() {
     local args=("$@") cmd=()
     if [[ ${#args[@]} -eq 0 && -n ${SNOWTRAIN_DATA_PREP_ARGS:-} ]]; then
         read -r -a args <<<"$SNOWTRAIN_DATA_PREP_ARGS"
@@ -443,22 +445,26 @@ st_data_prep() {
         export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
     fi
     local wrap=(bash -c '[[ -n $1 ]] && { source "$1/bin/activate" || exit 1; }; shift; exec "$@"' st-rank "$ST_VENV")
-    local rc
     case $launcher in
         mpiexec)
             # shellcheck disable=SC2206
             local margs=(-n "$n" --bind-to none ${SNOWTRAIN_MPIEXEC_ARGS:-})
             st_log "mpiexec ${margs[*]} ${cmd[*]} ${args[*]}"
-            mpiexec "${margs[@]}" "${ST_RUN[@]}" "${wrap[@]}" "${cmd[@]}" "${args[@]}"
-            rc=$? ;;
+            ST_DP_CMD=(mpiexec "${margs[@]}" "${ST_RUN[@]}" "${wrap[@]}" "${cmd[@]}" "${args[@]}") ;;
         srun)
             # shellcheck disable=SC2206
             local sargs=(--mpi="${SNOWTRAIN_SRUN_MPI:-pmix}" --kill-on-bad-exit=1 ${SNOWTRAIN_SRUN_ARGS:-})
             st_log "srun ${sargs[*]} ${cmd[*]} ${args[*]}"
-            srun "${sargs[@]}" "${ST_SRUN_CT[@]}" "${ST_RUN[@]}" "${wrap[@]}" "${cmd[@]}" "${args[@]}"
-            rc=$? ;;
+            ST_DP_CMD=(srun "${sargs[@]}" "${ST_SRUN_CT[@]}" "${ST_RUN[@]}" "${wrap[@]}" "${cmd[@]}" "${args[@]}") ;;
         *) st_die 2 "SNOWTRAIN_MPI_LAUNCHER=$launcher: use mpiexec or srun" ;;
     esac
-    st_log "data prep exited $rc with $n rank(s)"
+}
+
+st_data_prep() {
+    st_data_prep_cmd "$@"
+    local rc
+    "${ST_DP_CMD[@]}"
+    rc=$?
+    st_log "data prep exited $rc with ${SLURM_NTASKS:-1} rank(s)"
     exit "$rc"
 }
