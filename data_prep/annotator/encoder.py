@@ -89,7 +89,9 @@ class Encoder:
         """Content token ids of whole texts, without special tokens."""
         if not texts:
             return []
-        return [e.ids for e in self._fast.encode_batch(list(texts), add_special_tokens=False)]
+        # encode_batch_fast (tokenizers >= 0.20) leaves out the offsets, which are not needed
+        encode = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def windows(self, ids: Sequence[int]) -> list[Sequence[int]]:
         return file_windows(ids, self.window)
@@ -135,12 +137,44 @@ class Encoder:
 
     def embed_batched(self, windows: Sequence[Sequence[int]], batch_size: int,
                       by_length: bool = True) -> np.ndarray:
-        """Embeddings in the given order, computed in batches of similar length (less padding)
-        or of consecutive windows; the batches depend only on `windows`."""
+        """Embeddings in the given order, computed in batches of at most `batch_size` windows:
+        of similar length (length_batches: little padding) or of consecutive windows; the
+        batches depend only on `windows`."""
         out = np.zeros((len(windows), self.dim), dtype=np.float32)
-        order = sorted(range(len(windows)), key=lambda i: (len(windows[i]), i)) if by_length \
-            else list(range(len(windows)))
-        for s in range(0, len(order), batch_size):
-            chunk = order[s:s + batch_size]
+        if by_length:
+            specials = len(self.prefix) + len(self.suffix)
+            # our choice: a batch costs about as much as one more full window
+            batches = length_batches([len(w) + specials for w in windows], batch_size,
+                                     overhead=self.window + specials)
+        else:
+            batches = [list(range(s, min(s + batch_size, len(windows))))
+                       for s in range(0, len(windows), batch_size)]
+        for chunk in batches:
             out[chunk] = self.embed([windows[i] for i in chunk])
         return out
+
+
+def length_batches(widths: Sequence[int], max_rows: int, overhead: int) -> list[list[int]]:
+    """Indices of rows of the given widths, sorted by (width, index) and cut into batches of
+    at most `max_rows` rows where the padded tokens (rows x widest row, per batch) plus
+    `overhead` tokens per batch add up to the least (dynamic programming over the cuts; on a
+    tie the longer last batch). A fixed count of sorted rows per batch pads the short rows that share
+    a batch with full ones, as small inputs (one phase-2 unit) often make them; these cuts
+    keep short rows apart once that saves more than a batch costs."""
+    order = sorted(range(len(widths)), key=lambda i: (widths[i], i))
+    w = [widths[i] for i in order]
+    n = len(w)
+    cost, cut = [0] * (n + 1), [0] * (n + 1)
+    for j in range(1, n + 1):
+        top = w[j - 1]                       # the widest row of a batch ending at j
+        best, arg = None, 0
+        for i in range(max(0, j - max_rows), j):
+            c = cost[i] + (j - i) * top
+            if best is None or c < best:
+                best, arg = c, i
+        cost[j], cut[j] = best + overhead, arg
+    batches, j = [], n
+    while j > 0:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    return batches[::-1]
