@@ -396,3 +396,28 @@ def test_a_given_head_is_used_without_training(run1, monkeypatch):
     got = Phase2(load_phase2_config(cfg), progress=False).run()
     assert got["annotator"] == {"trained": False, "head": str(out / "annotator" / "head.pt")}
     assert outputs(target) == outputs(out)
+
+
+def test_length_batches_minimise_padding_plus_per_batch_cost():
+    """Against an exhaustive search over every way to cut the sorted rows into batches."""
+    import itertools
+    import random
+
+    from data_prep.annotator.encoder import length_batches
+
+    def cost(batches, widths, overhead):
+        return sum(len(b) * max(widths[i] for i in b) + overhead for b in batches)
+
+    rng = random.Random(0)
+    for _ in range(150):
+        n = rng.randint(1, 8)
+        widths = [rng.choice([3, 7, 20, 128, 130, 512]) for _ in range(n)]
+        max_rows, overhead = rng.randint(1, 4), rng.choice([0, 64, 512])
+        got = length_batches(widths, max_rows, overhead)
+        order = sorted(range(n), key=lambda i: (widths[i], i))
+        assert sorted(i for b in got for i in b) == list(range(n))
+        assert all(len(b) <= max_rows for b in got)
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, n))], widths, overhead)
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+                   if all(b - a <= max_rows for a, b in zip((0, *cuts), (*cuts, n))))
+        assert cost(got, widths, overhead) == best
