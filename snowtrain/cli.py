@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     s.add_argument("--max-new-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     s.add_argument("--chat-template", default=None, help="a text file with a {messages} placeholder")
     s.add_argument("--api-key-env", default=None, metavar="VAR", help="require 'Authorization: Bearer $VAR'")
     s.add_argument("--tokenizer", default=None, help="default: MODEL's tokenizer.model (or the run config's)")

@@ -62,6 +62,7 @@ class Engine:
 
     def __init__(self, model, sp, eos_id: int | None, context: int):
         self.model, self.sp, self.eos_id, self.context = model, sp, eos_id, context
+        self.device = next(model.parameters()).device
         self.vocab = min(sp.get_piece_size(), model.config.vocab_size)  # never emit undecodable ids
         self.lock = threading.Lock()
         # transformers 5 renamed past_key_values to cache, in the call and in its output.
@@ -69,9 +70,9 @@ class Engine:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, *, dtype: str = "float32", tokenizer: str | None = None,
-             threads: int | None = None) -> "Engine":
+             threads: int | None = None, device: str = "auto") -> "Engine":
         """model_dir: a folder written by `snowtrain export`, or a checkpoint folder (exported to a
-        temporary folder first, in float32)."""
+        temporary folder first, in float32). device auto: the GPU when there is one."""
         try:
             from transformers import LlamaForCausalLM
         except ImportError as e:
@@ -80,6 +81,10 @@ class Engine:
 
         if threads:
             torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise ServeError(f"device {device} asked for, but torch sees no CUDA device: use --device cpu")
         src, tmp = Path(model_dir), None
         try:
             if (src / "config.yaml").is_file():
@@ -94,7 +99,7 @@ class Engine:
                 raise ServeError(f"no tokenizer.model in {model_dir} (nor at the checkpoint config's "
                                  "tokenizer path): pass --tokenizer PATH/tokenizer.model")
             sp = spm.SentencePieceProcessor(model_file=str(tok))
-            model = LlamaForCausalLM.from_pretrained(str(src)).to(getattr(torch, dtype)).eval()
+            model = LlamaForCausalLM.from_pretrained(str(src)).to(device, getattr(torch, dtype)).eval()
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -116,15 +121,15 @@ class Engine:
         """-> (text, completion tokens, finish_reason "stop" | "length"); the text excludes
         `<eod>` and the stop string, the token count includes them."""
         gen = torch.Generator().manual_seed(seed % 2**63 if seed is not None else random.getrandbits(63))
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=self.device)
         out, past, reason, text = [], None, "length", ""
         with self.lock, torch.inference_mode():
             for _ in range(max_tokens):
                 # Passing the mask as generate() does keeps greedy output identical to it.
-                mask = torch.ones(1, len(prompt) + len(out), dtype=torch.long)
+                mask = torch.ones(1, len(prompt) + len(out), dtype=torch.long, device=self.device)
                 res = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **{self.cache_key: past})
                 past = getattr(res, self.cache_key)
-                token = _pick(res.logits[0, -1, :self.vocab].float(), temperature, top_p, gen)
+                token = _pick(res.logits[0, -1, :self.vocab].float().cpu(), temperature, top_p, gen)
                 out.append(token)
                 if token == self.eos_id:
                     reason, text = "stop", self.sp.decode(out[:-1])
@@ -134,7 +139,7 @@ class Engine:
                 if cut >= 0:
                     reason, text = "stop", text[:cut]
                     break
-                ids = torch.tensor([[token]])
+                ids = torch.tensor([[token]], device=self.device)
         return text, len(out), reason
 
 
@@ -329,11 +334,11 @@ class Server(ThreadingHTTPServer):
 def start_server(model: str | os.PathLike | Engine, *, host: str = "127.0.0.1", port: int = 0,
                  name: str | None = None, dtype: str = "float32", chat_template: str = CHAT_TEMPLATE,
                  api_key: str | None = None, max_new_tokens_limit: int | None = None,
-                 tokenizer: str | None = None, threads: int | None = None):
+                 tokenizer: str | None = None, threads: int | None = None, device: str = "auto"):
     """Loads the model (unless given an Engine) and serves it on a daemon thread.
     -> (server, thread, url); stop with server.shutdown(); server.server_close()."""
     engine = model if isinstance(model, Engine) else Engine.load(model, dtype=dtype, tokenizer=tokenizer,
-                                                                 threads=threads)
+                                                                 threads=threads, device=device)
     server = Server(engine, (host, port), name=name or str(model), chat_template=chat_template,
                     api_key=api_key, max_new_tokens_limit=max_new_tokens_limit)
     thread = threading.Thread(target=server.serve_forever, name="snowtrain-serve", daemon=True)
@@ -354,7 +359,8 @@ def serve_command(args) -> int:
             api_key = os.environ.get(args.api_key_env)
             if not api_key:
                 raise ServeError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
-        engine = Engine.load(args.model, dtype=args.dtype, tokenizer=args.tokenizer, threads=args.threads)
+        engine = Engine.load(args.model, dtype=args.dtype, tokenizer=args.tokenizer, threads=args.threads,
+                             device=args.device)
         server = Server(engine, (args.host, args.port), name=args.name or args.model, chat_template=template,
                         api_key=api_key, max_new_tokens_limit=args.max_new_tokens_limit)
     except (ServeError, OSError) as e:

@@ -268,3 +268,16 @@ def test_token_limit_and_custom_chat_template(server, ref):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_device_choice(hf_dir, ref):
+    """A GPU asked for where there is none is a clear error; where there is one, greedy text
+    on it equals the CPU reference."""
+    if not torch.cuda.is_available():
+        with pytest.raises(serve.ServeError, match="no CUDA device"):
+            serve.Engine.load(hf_dir, device="cuda")
+        assert serve.Engine.load(hf_dir, device="auto").device.type == "cpu"
+        return
+    engine = serve.Engine.load(hf_dir, device="cuda")
+    text, _, _ = engine.generate(engine.encode("def add(a, b):"), 12, temperature=0)
+    assert text == ref("def add(a, b):", 12)[0]

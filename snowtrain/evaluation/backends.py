@@ -43,10 +43,11 @@ class LocalBackend:
     concurrency = 1   # the engine serialises calls
 
     def __init__(self, model_dir: str, *, dtype: str = "float32", tokenizer: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, device: str = "auto"):
         from ..serve import Engine, ServeError
         try:
-            self.engine = Engine.load(model_dir, dtype=dtype, tokenizer=tokenizer, threads=threads)
+            self.engine = Engine.load(model_dir, dtype=dtype, tokenizer=tokenizer, threads=threads,
+                                      device=device)
         except (ServeError, OSError) as e:
             raise BackendError(str(e)) from None
         self.context = self.engine.context

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-gib", type=float, default=4.0, help="address space per program (4)")
     p.add_argument("--workers", type=int, default=None, help="programs run at once (default: CPU cores)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="local model's dtype")
+    p.add_argument("--device", default="auto",
+                   help="local model's device: auto (a GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for a local model (default: torch's; 1 below 20M parameters)")
     p.add_argument("--tokenizer", default=None, help="default: MODEL's tokenizer.model (or the run config's)")
@@ -101,7 +103,8 @@ def eval_command(args) -> int:
             if not Path(args.model).is_dir():
                 raise UsageError(f"{args.model}: no such folder (a folder written by snowtrain export, "
                                  "or a checkpoint folder)")
-            backend = LocalBackend(args.model, dtype=args.dtype, tokenizer=args.tokenizer, threads=args.threads)
+            backend = LocalBackend(args.model, dtype=args.dtype, tokenizer=args.tokenizer, threads=args.threads,
+                                   device=args.device)
             model = str(Path(args.model).resolve())
             label = Path(model).name
         out = args.out or str(Path("evals") / re.sub(r"[^\w.-]+", "_", label) / benchmark)
