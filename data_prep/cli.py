@@ -56,12 +56,12 @@ def main(argv=None) -> int:
     elif args.cmd == "phase3":
         return _phase3(args)
     elif args.cmd == "tokenize":
-        from tqdm import tqdm
+        from snowtrain.progress import progress_bar
         from .tokenize import encode_to_dataset, jsonl_texts
         from .tokenizer import Tokenizer
         try:
             total = sum(os.path.getsize(p) for p in args.input)
-            with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize") as bar:
+            with progress_bar(total, "tokenize", "B", unit_scale=True) as bar:
                 docs, tokens = encode_to_dataset(jsonl_texts(args.input, args.field), Tokenizer(args.tokenizer),
                                                  args.output, workers=args.workers, progress=bar.update)
         except (OSError, ValueError) as e:

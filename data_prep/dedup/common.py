@@ -2,7 +2,6 @@
 result, progress reporting and the MPI exchanges (with a stand-in communicator for one process)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -211,9 +210,8 @@ class Progress:
             return
         if stage != self._stage:
             self.close()
-            from tqdm import tqdm
-            self._bar = tqdm(total=total, desc=stage, unit=unit, unit_scale=True, leave=False,
-                             file=sys.stderr)
+            from snowtrain.progress import progress_bar
+            self._bar = progress_bar(total, stage, unit, unit_scale=True, leave=False)
             self._stage = stage
         self._bar.update(done - self._bar.n)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+from snowtrain.progress import progress_bar
 
 from ..comm import world
 from ..store import write_pickle
@@ -44,7 +44,7 @@ class PipelineRun:
             print(f"[{self.name}] {msg}", flush=True)
 
     def bar(self, total, desc, unit="unit"):
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True)
+        return progress_bar(total, desc, unit, enabled=self.progress)
 
     def mine(self, n: int) -> list[int]:
         """Unit i belongs to rank i mod ranks."""

@@ -118,9 +118,8 @@ def _check_run(out: Path, run: dict, results: Log, say) -> None:
 
 
 def _bar(total: int, desc: str, progress: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="sample", disable=not progress or total == 0,
-                file=sys.stderr, dynamic_ncols=True)
+    from ..progress import progress_bar
+    return progress_bar(total, desc, "sample", enabled=progress and total > 0)
 
 
 def _generate(backend, todo, gen: Generation, samples: dict, log: Log, bar) -> None:
