@@ -9,7 +9,10 @@ requeues itself and resumes to the same final loss as the uninterrupted run; a j
 without warning is resumed from its last good checkpoint on resubmission; a 2-node job's ranks
 meet across the nodes; data_prep.sh starts MPI ranks across the allocation; synth.sh serves a
 tiny model with `snowtrain serve` (in place of vLLM), runs data-prep phase 3 against it and stops
-it, fails fast when the server cannot start, and stops it on the time-limit signal.
+it, fails fast when the server cannot start, and stops it on the time-limit signal;
+submit_recipe.sh --with-data --eval queues the data jobs, phases and evaluations with the right
+dependencies (dry run, and on the cluster with stand-in commands that record when they ran);
+eval.sh finds a phase's final checkpoint and evaluates a tiny trained one.
 
 Skipped with the reason when SLURM is not installed (`bash scripts/slurm_cluster.sh install`,
 which scripts/test.sh runs) or when not root.
@@ -581,3 +584,300 @@ def test_submit_recipe_dry_run_builds_the_chain(tmp_path):
     bad = subprocess.run(["bash", str(SLURM_DIR / "submit_recipe.sh"), "--config", str(config), "--dry-run",
                           "--set", "x"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode != 0
+
+
+# ----------------------------------------------------------------------------- the whole pipeline in one command
+
+def dry_run_jobs(stdout: str) -> dict:
+    """submit_recipe.sh --dry-run's output -> {name: job}, in submission order; a job has its
+    afterok dependencies (names), sbatch flags, script name, arguments and SNOWTRAIN_PHASE."""
+    jobs, lines = {}, stdout.splitlines()
+    for cmd, printed in zip(lines, lines[1:]):
+        if "sbatch " not in cmd:
+            continue
+        name, placeholder = printed.split()
+        assert placeholder == f"<{name}>", printed
+        words = cmd.split()
+        phase = words.pop(0).split("=", 1)[1] if words[0].startswith("SNOWTRAIN_PHASE=") else None
+        assert words[0] == "sbatch", cmd
+        k = next(i for i, w in enumerate(words) if w.endswith(".sh"))
+        flags = words[1:k]
+        deps = [d.strip("<>") for f in flags if f.startswith("--dependency=afterok:")
+                for d in f.split(":", 1)[1].split(":")]
+        jobs[name] = dict(deps=deps, flags=flags, script=Path(words[k]).name, args=words[k + 1:], phase=phase)
+    return jobs
+
+
+def run_dry(tmp_path: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    config = tmp_path / "r.yaml"
+    if not config.exists():
+        save_config(recipe(tmp_path, [str(tmp_path / "ds")], phases=3), config)
+    env = clean_env()
+    env.update(env_extra or {})
+    return subprocess.run(["bash", str(SLURM_DIR / "submit_recipe.sh"), "--config", str(config), "--dry-run", *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+def test_submit_recipe_with_data_dry_run_graph(tmp_path):
+    configs = tmp_path / "dp"
+    configs.mkdir()
+    for n in (1, 2, 3):
+        (configs / f"phase{n}.yaml").write_text("{}\n")
+    r = run_dry(tmp_path, "--with-data", "--data-configs", str(configs), "--after", "77",
+                "--all-flags", "--account=acc --qos=q", "--data-flags", "--ntasks-per-node=16 --time=4:00:00",
+                "--data3-flags=--gres=gpu:4 --time=8:00:00", "--nodes=8", "--", "--set", "optim.lr=1e-3",
+                env_extra=dict(SNOWTRAIN_GPUS_PER_NODE="8", SNOWTRAIN_GRACE="300"))
+    assert r.returncode == 0, r.stderr
+    jobs = dry_run_jobs(r.stdout)
+    assert list(jobs) == ["data-phase1", "data-phase2", "data-phase3", "p1", "p2", "p3"], r.stdout
+    # data1 -> data2 -> data3; phase N after phase N-1 and data N (--after: the first of each chain).
+    assert {n: j["deps"] for n, j in jobs.items()} == {
+        "data-phase1": ["77"], "data-phase2": ["data-phase1"], "data-phase3": ["data-phase2"],
+        "p1": ["77", "data-phase1"], "p2": ["p1", "data-phase2"], "p3": ["p2", "data-phase3"]}
+    d = str(configs.resolve())
+    assert jobs["data-phase1"]["script"] == jobs["data-phase2"]["script"] == "data_prep.sh"
+    assert jobs["data-phase1"]["args"] == ["phase1", "--config", f"{d}/phase1.yaml"]
+    assert jobs["data-phase2"]["args"] == ["phase2", "--config", f"{d}/phase2.yaml"]
+    assert jobs["data-phase3"]["script"] == "synth.sh" and jobs["data-phase3"]["args"] == ["--config", f"{d}/phase3.yaml"]
+    for n, j in jobs.items():
+        f = j["flags"]
+        assert f"--job-name=snowtrain-{n}" in f and "--kill-on-invalid-dep=yes" in f and "--parsable" in f
+        assert "--account=acc" in f and "--qos=q" in f
+        if n.startswith("data-"):
+            # The training flags stay with the training jobs; the data flags come last and win.
+            assert j["phase"] is None and not {"--nodes=8", "--gres=gpu:8", "--signal=B:USR1@300"} & set(f), f
+            assert f.index("--account=acc") < f.index("--ntasks-per-node=16")
+            assert f[-1] == ("--time=8:00:00" if n == "data-phase3" else "--time=4:00:00"), f
+            assert ("--gres=gpu:4" in f) == (n == "data-phase3")
+        else:
+            assert j["phase"] == n and j["script"] == f"phase{n[1]}.sh" and j["args"] == ["--set", "optim.lr=1e-3"]
+            assert {"--nodes=8", "--gres=gpu:8", "--ntasks-per-node=8", "--signal=B:USR1@300"} <= set(f), f
+            assert "--ntasks-per-node=16" not in f and "--time=4:00:00" not in f
+
+    # --from p2: data 2 and 3 and the phases from p2; --only p3: data 3 and p3.
+    r = run_dry(tmp_path, "--with-data", "--data-configs", str(configs), "--from", "p2")
+    assert r.returncode == 0, r.stderr
+    assert {n: j["deps"] for n, j in dry_run_jobs(r.stdout).items()} == {
+        "data-phase2": [], "data-phase3": ["data-phase2"], "p2": ["data-phase2"], "p3": ["p2", "data-phase3"]}
+    r = run_dry(tmp_path, "--with-data", "--data-configs", str(configs), "--only", "p3", "--after", "5")
+    assert r.returncode == 0, r.stderr
+    assert {n: j["deps"] for n, j in dry_run_jobs(r.stdout).items()} == {"data-phase3": ["5"], "p3": ["5", "data-phase3"]}
+
+    # The default configs are the repository's; SNOWTRAIN_GPUS_PER_NODE=0 puts --gres=none on every job.
+    r = run_dry(tmp_path, "--with-data", "--only", "p1", env_extra=dict(SNOWTRAIN_GPUS_PER_NODE="0"))
+    jobs = dry_run_jobs(r.stdout)
+    assert jobs["data-phase1"]["args"][-1] == str(ROOT / "configs" / "data_prep" / "phase1.yaml")
+    assert all("--gres=none" in j["flags"] for j in jobs.values())
+    # A missing data config or an unknown phase: nothing submitted, exit 2.
+    (configs / "phase3.yaml").unlink()
+    for args in (["--with-data", "--data-configs", str(configs)], ["--only", "p9"], ["--from", "p9"]):
+        bad = run_dry(tmp_path, *args)
+        assert bad.returncode == 2 and "sbatch" not in bad.stdout, (args, bad.stdout, bad.stderr)
+    assert "phase3.yaml not found" in run_dry(tmp_path, "--with-data", "--data-configs", str(configs)).stderr
+    assert run_dry(tmp_path, "--with-data", "--data-configs", str(configs), "--only", "p2").returncode == 0
+    assert not (tmp_path / "logs").exists()
+
+
+def test_submit_recipe_eval_dry_run_graph(tmp_path):
+    r = run_dry(tmp_path, "--eval", "--with-data", "--eval-flags", "--time=2:00:00 --cpus-per-task=4", "--nodes=8",
+                "--set", "checkpoint.dir=/x", "--", "--max-steps", "9")
+    assert r.returncode == 0, r.stderr
+    jobs = dry_run_jobs(r.stdout)
+    assert list(jobs) == ["data-phase1", "data-phase2", "data-phase3", "p1", "eval-p1", "p2", "eval-p2", "p3", "eval-p3"]
+    assert {n: j["deps"] for n, j in jobs.items()} == {
+        "data-phase1": [], "data-phase2": ["data-phase1"], "data-phase3": ["data-phase2"],
+        "p1": ["data-phase1"], "eval-p1": ["p1"], "p2": ["p1", "data-phase2"], "eval-p2": ["p2"],
+        "p3": ["p2", "data-phase3"], "eval-p3": ["p3"]}     # the next phase does not wait for eval
+    for p in ("p1", "p2", "p3"):
+        e = jobs[f"eval-{p}"]
+        assert e["script"] == "eval.sh" and e["phase"] == p and "--nodes=8" not in e["flags"]
+        assert e["flags"][-2:] == ["--time=2:00:00", "--cpus-per-task=4"]
+        assert e["args"] == ["--set", "checkpoint.dir=/x"]      # the recipe overrides, not train's other args
+        assert jobs[p]["args"] == ["--set", "checkpoint.dir=/x", "--max-steps", "9"]
+    r = run_dry(tmp_path, "--eval", "--from", "p3")
+    assert {n: j["deps"] for n, j in dry_run_jobs(r.stdout).items()} == {"p3": [], "eval-p3": ["p3"]}
+
+
+STANDIN_SNOWTRAIN = """\
+#!/bin/bash
+# snowtrain, except that `train` and `eval` only record when they ran (and train leaves a phase-end
+# checkpoint as the trainer lays it out).
+rec() {{ echo "$* $(date +%s.%N)" >>"$STANDIN_LOG"; }}
+case $1 in
+    train)
+        phase=$(sed -n 's/.*--phase \\([^ ]*\\).*/\\1/p' <<<"$*")
+        rec "$phase" start
+        sleep 1
+        for s in 2 4; do
+            mkdir -p "$STANDIN_CKPT/$phase/step_0000000$s"
+            echo "{{\\"phase\\": \\"$phase\\", \\"step\\": $s, \\"seq\\": $s, \\"phase_end\\": $([[ $s == 4 ]] && echo true || echo false)}}" \\
+                >"$STANDIN_CKPT/$phase/step_0000000$s/COMMITTED"
+        done
+        rec "$phase" end ;;
+    eval)
+        rec "eval-$SNOWTRAIN_PHASE" start "$2" "$(sed -n 's/.*--out \\([^ ]*\\).*/\\1/p' <<<"$*")"
+        sleep 1
+        rec "eval-$SNOWTRAIN_PHASE" end ;;
+    *) exec {real}/bin/snowtrain "$@" ;;
+esac
+"""
+
+STANDIN_DATA_PREP = """\
+#!/bin/bash
+echo "data-$1 start $(date +%s.%N)" >>"$STANDIN_LOG"
+sleep 1
+[[ $1 == phase2 ]] && cp -r "$STANDIN_SEEDS" "$STANDIN_DATA/phase2"    # what phase 3 reads
+echo "data-$1 end $(date +%s.%N)" >>"$STANDIN_LOG"
+"""
+
+STANDIN_SERVER = """\
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_submit_recipe_with_data_and_eval_runs_in_dependency_order(cluster, request, tmp_path):
+    """The whole pipeline on the cluster, every command a stand-in that records when it ran:
+    data-prep (SNOWTRAIN_DATA_PREP_CMD; phase 2 leaves the output phase 3 reads), the teacher
+    server (SNOWTRAIN_SYNTH_SERVER), `snowtrain train` and `snowtrain eval` (a venv whose
+    snowtrain wraps the real one). Everything waits for a held job first, so that the dependencies
+    SLURM recorded can be read before any job runs."""
+    if SYNTH_SKIP:
+        pytest.skip(SYNTH_SKIP)
+    seeds = request.getfixturevalue("seeds_dir")
+    venv = tmp_path / "standin-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f'export VIRTUAL_ENV={venv}\nexport PATH="{venv}/bin:{VENV}/bin:$PATH"\n')
+    (venv / "bin" / "snowtrain").write_text(STANDIN_SNOWTRAIN.format(real=VENV))
+    (venv / "bin" / "snowtrain").chmod(0o755)
+    (tmp_path / "data-prep").write_text(STANDIN_DATA_PREP)
+    (tmp_path / "server.py").write_text(STANDIN_SERVER)
+    configs, data = tmp_path / "dp", tmp_path / "data"
+    configs.mkdir()
+    data.mkdir()
+    for n in (1, 2):
+        (configs / f"phase{n}.yaml").write_text("{}\n")
+    write_phase3_config(configs / "phase3.yaml", data / "phase2", data / "phase3",
+                        "${SNOWTRAIN_SYNTH_URL:-http://127.0.0.1:9/v1}", num_seeds=4, unit_size=4)
+    config = tmp_path / "r.yaml"
+    save_config(recipe(tmp_path, [str(tmp_path / "ds")], phases=3), config)
+    log = tmp_path / "ran.txt"
+    env = job_env(cluster, config, SNOWTRAIN_VENV=venv, SNOWTRAIN_GPUS_PER_NODE=0, SNOWTRAIN_REQUEUE=0,
+                  SNOWTRAIN_DATA_PREP_CMD=f"bash {tmp_path / 'data-prep'}", SNOWTRAIN_MPI_LAUNCHER="srun",
+                  SNOWTRAIN_SRUN_MPI="none", SNOWTRAIN_SYNTH_SERVER=f"exec python3 {tmp_path / 'server.py'} $PORT",
+                  SNOWTRAIN_SYNTH_WAIT_S=60, STANDIN_LOG=log, STANDIN_CKPT=tmp_path / "ckpt",
+                  STANDIN_SEEDS=seeds, STANDIN_DATA=data, OMP_NUM_THREADS=1)
+    gate = sbatch(cluster, tmp_path, env, "--hold", "--gres=none", "--ntasks=1", "--cpus-per-task=1",
+                  "--job-name=gate", "--output=/dev/null", "--wrap", "true")
+    try:
+        r = cluster.run("bash", str(SLURM_DIR / "submit_recipe.sh"), "--with-data", "--eval", "--after", gate,
+                        "--data-configs", str(configs), "--all-flags", "--cpus-per-task=1",
+                        "--data-flags", "--ntasks-per-node=1", "--eval-flags", "--ntasks=1",
+                        "--ntasks-per-node=1", cwd=tmp_path, env=env, timeout=120)
+        jobs = dict(line.split() for line in r.stdout.splitlines() if line.strip())
+        names = ["data-phase1", "data-phase2", "data-phase3", "p1", "eval-p1", "p2", "eval-p2", "p3", "eval-p3"]
+        assert list(jobs) == names, r.stdout
+        by_id = {v: k for k, v in jobs.items()} | {gate: "gate"}
+        recorded = {n: sorted(by_id[i] for i in re.findall(r"afterok:(\d+)", cluster.job_state(jobs[n]).get("Dependency", "")))
+                    for n in names}
+    finally:
+        cluster.run("scontrol", "release", gate, check=False)
+    graph = {"data-phase1": ["gate"], "data-phase2": ["data-phase1"], "data-phase3": ["data-phase2"],
+             "p1": ["data-phase1", "gate"], "eval-p1": ["p1"], "p2": ["data-phase2", "p1"], "eval-p2": ["p2"],
+             "p3": ["data-phase3", "p2"], "eval-p3": ["p3"]}
+    assert recorded == graph, recorded
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(names)) as pool:      # each job watched on its own: ended ones are purged
+        infos = dict(zip(names, pool.map(lambda n: wait_job(cluster, jobs[n], timeout=180), names)))
+    for n, info in infos.items():
+        assert info["JobState"] == "COMPLETED", (n, info, show(tmp_path, f"snowtrain-{n}", jobs[n]))
+    times, evals = {}, {}
+    for line in log.read_text().splitlines():
+        name, what, *rest = line.split()
+        times.setdefault(name, {})[what] = float(rest[-1])
+        if name.startswith("eval-") and what == "start":
+            evals[name] = rest[:2]
+    assert sorted(times) == sorted(names) and all(len(t) == 2 for t in times.values()), log.read_text()
+    for n, deps in graph.items():     # every job started after the jobs it depends on had ended
+        for d in deps:
+            if d != "gate":
+                assert times[n]["start"] >= times[d]["end"], (n, d, times)
+    logs = tmp_path / "logs" / "slurm"
+    for p in ("p1", "p2", "p3"):      # eval.sh found each phase's phase-end checkpoint
+        assert evals[f"eval-{p}"] == [str(tmp_path / "ckpt" / p / "step_00000004"), str(logs / f"eval-{p}")], evals
+    assert "server ready" in run_log(tmp_path, "snowtrain-data-phase3", jobs["data-phase3"])
+
+
+def test_eval_sh_finds_the_phase_end_checkpoint(tmp_path):
+    """eval.sh's checkpoint discovery and command line, run as a job would run it (no cluster
+    needed: st_init only reads the job's variables)."""
+    config = tmp_path / "r.yaml"
+    save_config(recipe(tmp_path, [str(tmp_path / "ds")], phases=3), config)
+    ckpt = tmp_path / "ckpt"
+    for phase, step, seq, end, committed in [("p1", 2, 1, False, True), ("p1", 4, 2, True, True),
+                                             ("p1", 6, 3, False, True), ("p1", 8, 4, True, False),
+                                             ("p2", 3, 5, False, True)]:
+        d = ckpt / phase / f"step_{step:08d}"
+        d.mkdir(parents=True)
+        if committed:
+            (d / "COMMITTED").write_text(json.dumps({"phase": phase, "step": step, "seq": seq, "phase_end": end}))
+    standin = tmp_path / "eval"
+    standin.write_text('#!/bin/bash\nprintf "%s\\n" "$@" >"$STANDIN_OUT"\n')
+
+    def run(n: int, *args: str, **extra) -> tuple[subprocess.CompletedProcess, list[str]]:
+        out = tmp_path / f"args{n}"
+        env = clean_env()
+        env.update(SLURM_JOB_ID=str(900 + n), SLURM_JOB_NAME="ev", SNOWTRAIN_HOME=str(ROOT), SNOWTRAIN_CONFIG=str(config),
+                   SNOWTRAIN_LOG_ROOT=str(tmp_path / "logs"), SNOWTRAIN_EVAL_CMD=f"bash {standin}",
+                   STANDIN_OUT=str(out), **extra)
+        r = subprocess.run(["bash", str(SLURM_DIR / "eval.sh"), *args], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=120)
+        return r, out.read_text().splitlines() if out.exists() else []
+
+    logs = tmp_path / "logs"
+    r, argv = run(1, SNOWTRAIN_PHASE="p1", SNOWTRAIN_EVAL_ARGS="--limit 5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The newest committed phase-end checkpoint: not step 6 (not a phase end), not step 8 (not committed).
+    assert argv == [str(ckpt / "p1" / "step_00000004"), "--benchmark", "humaneval", "--out", str(logs / "eval-p1"),
+                    "--quiet", "--limit", "5"], argv
+    # An unfinished phase: its newest committed checkpoint, with a warning; --problems replaces --benchmark.
+    r, argv = run(2, "--phase", "p2", "--problems", "x.jsonl", "--out", "o")
+    assert r.returncode == 0 and "no phase-end checkpoint" in r.stdout, r.stdout + r.stderr
+    assert argv == [str(ckpt / "p2" / "step_00000003"), "--out", str(logs / "eval-p2"), "--quiet",
+                    "--problems", "x.jsonl", "--out", "o"], argv
+    # --set reaches the recipe (checkpoint.dir); no checkpoint at all: exit 1 before evaluating.
+    r, argv = run(3, "--phase", "p1", "--set", f"checkpoint.dir={tmp_path / 'none'}")
+    assert r.returncode == 1 and not argv and "no committed checkpoint of phase 'p1'" in r.stdout, r.stdout
+    r, argv = run(4)            # the recipe's last phase by default
+    assert r.returncode == 1 and "phase 'p3'" in r.stdout, r.stdout
+    r, argv = run(5, "--checkpoint", str(ckpt / "p1" / "step_00000002"))
+    assert r.returncode == 0 and argv[0] == str(ckpt / "p1" / "step_00000002") and argv[4] == str(logs / "eval-p1"), argv
+    assert (logs / "ev-901" / "run-0.log").exists()
+
+
+def test_eval_sh_evaluates_a_real_checkpoint(cluster, request, tmp_path):
+    """eval.sh on the cluster, on the phase-end checkpoint of a tiny trained phase: a few HumanEval
+    problems with the local backend."""
+    if SYNTH_SKIP:
+        pytest.skip(SYNTH_SKIP)
+    from snowtrain.train import train_phase
+    cfg = recipe(tmp_path, make_datasets(tmp_path, n=1, docs=10), steps=2, save_interval=2)
+    cfg.tokenizer = str(request.getfixturevalue("tokenizer_path"))
+    train_phase(cfg, "p1")
+    config = save_config(cfg, tmp_path / "r.yaml")
+    env = job_env(cluster, config, SNOWTRAIN_PHASE="p1", OMP_NUM_THREADS=1,
+                  SNOWTRAIN_EVAL_ARGS="--limit 2 --max-new-tokens 8 --workers 1")
+    jid = sbatch(cluster, tmp_path, env, *CPU, "--job-name=ev", str(SLURM_DIR / "eval.sh"))
+    info = wait_job(cluster, jid, timeout=180)
+    log = run_log(tmp_path, "ev", jid)
+    assert info["JobState"] == "COMPLETED", (info, log[-3000:])
+    final = tmp_path / "ckpt" / "p1" / "step_00000002"
+    assert f"phase p1: final checkpoint {final}" in log, log[-3000:]
+    summary = json.loads((tmp_path / "logs" / "slurm" / "eval-p1" / "summary.json").read_text())
+    assert summary["problems"] == 2 and summary["model"] == str(final), summary
+    assert re.search(r"humaneval: pass@1 \d\.\d{4} \(\d/2\)", log), log[-3000:]
