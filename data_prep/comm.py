@@ -60,3 +60,11 @@ def local_size() -> int:
             except ValueError:
                 pass
     return 1
+
+
+def local_rank() -> int:
+    """This rank's number on its node (0 outside a launcher), e.g. to pick its GPU."""
+    for key in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0

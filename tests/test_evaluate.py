@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -196,22 +195,9 @@ def test_sampled_pass_at_k_is_computed_from_the_results(tmp_path, humaneval):
 def hf_dir(tmp_path_factory):
     """A random-init model written as snowtrain export writes it, with a real tokenizer."""
     pytest.importorskip("transformers")
-    from safetensors.torch import save_file
-    from data_prep.tokenizer import Tokenizer, train_tokenizer
-    from snowtrain.config import ModelConfig
-    from snowtrain.export import hf_config, hf_state_dict
-    from snowtrain.model import Llama
-    texts = [p.read_text() for p in sorted((ROOT / "snowtrain").rglob("*.py"))]
-    tok_path = train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=512, threads=1)
-    cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
-                      num_kv_heads=2, vocab_size=Tokenizer(tok_path).vocab_size, max_seq_len=CONTEXT,
-                      init_std=0.1)
-    out = tmp_path_factory.mktemp("hf")
-    save_file(hf_state_dict(Llama(cfg, seed=7)), str(out / "model.safetensors"), metadata={"format": "pt"})
-    special = json.loads((tok_path.parent / "special_tokens.json").read_text())
-    (out / "config.json").write_text(json.dumps(hf_config(cfg, special, "float32")))
-    shutil.copyfile(tok_path, out / "tokenizer.model")
-    return out
+    from tiny_hf import train_code_tokenizer, write_tiny_hf_model
+    tok_path = train_code_tokenizer(tmp_path_factory.mktemp("tok"))
+    return write_tiny_hf_model(tmp_path_factory.mktemp("hf"), tok_path, CONTEXT)
 
 
 @pytest.fixture(autouse=True, scope="module")

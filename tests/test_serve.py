@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,40 +18,23 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from data_prep.tokenizer import train_tokenizer  # noqa: E402
 from snowtrain import serve  # noqa: E402
-from snowtrain.config import ModelConfig  # noqa: E402
-from snowtrain.export import hf_config, hf_state_dict  # noqa: E402
-from snowtrain.model import Llama  # noqa: E402
+from tiny_hf import train_code_tokenizer, write_tiny_hf_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = 96
 PROMPTS = ["def add(a, b):\n    return", "import torch\n\nclass Model:", "x = 1\n"]
 
 
-def _texts():
-    return [p.read_text() for p in sorted((ROOT / "snowtrain").rglob("*.py"))]
-
-
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory):
-    return train_tokenizer(_texts(), tmp_path_factory.mktemp("tok"), vocab_size=512, threads=1)
+    return train_code_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory, tokenizer_path):
     """A random-init model written as snowtrain export writes it, with the real tokenizer."""
-    from safetensors.torch import save_file
-    from data_prep.tokenizer import Tokenizer
-    tok = Tokenizer(tokenizer_path)
-    cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
-                      num_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=CONTEXT, init_std=0.1)
-    out = tmp_path_factory.mktemp("hf")
-    save_file(hf_state_dict(Llama(cfg, seed=7)), str(out / "model.safetensors"), metadata={"format": "pt"})
-    special = json.loads((tokenizer_path.parent / "special_tokens.json").read_text())
-    (out / "config.json").write_text(json.dumps(hf_config(cfg, special, "float32")))
-    shutil.copyfile(tokenizer_path, out / "tokenizer.model")
-    return out
+    return write_tiny_hf_model(tmp_path_factory.mktemp("hf"), tokenizer_path, CONTEXT)
 
 
 @pytest.fixture(scope="module")

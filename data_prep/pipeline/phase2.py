@@ -22,7 +22,7 @@ import numpy as np
 
 from snowtrain.config import ConfigError
 
-from ..comm import local_size
+from ..comm import local_rank, local_size
 from ..dataset_files import PhaseOutput
 from ..indexed import IndexedDatasetWriter, read_index
 from ..store import load_pickle, write_bytes, write_pickle, write_text
@@ -41,13 +41,6 @@ def list_units(phase_output: PhaseOutput, docs_per_unit: int) -> list[Unit]:
         n = phase_output.num_documents(lang)
         units += [(lang, s, min(s + docs_per_unit, n)) for s in range(0, n, docs_per_unit)]
     return units
-
-
-def _local_rank() -> int:
-    for key in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0
 
 
 class Phase2(PipelineRun):
@@ -84,7 +77,7 @@ class Phase2(PipelineRun):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda":
-            device = f"cuda:{_local_rank() % torch.cuda.device_count()}"
+            device = f"cuda:{local_rank() % torch.cuda.device_count()}"
         self.encoder = Encoder(encoder_folder(cfg), window_tokens=cfg.window_tokens,
                                pooling=cfg.annotator.pooling, layers=cfg.annotator.encoder_layers,
                                device=device, dtype=cfg.annotator.dtype)
