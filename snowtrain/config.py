@@ -396,16 +396,21 @@ def config_from_dict(data: dict, cls=RunConfig, file=None):
     return _build(cls, data, "", file)
 
 
+def read_config(path: str | os.PathLike, cls, overrides: list[str] | None = None):
+    """A YAML file (with includes) plus `key.path=value` overrides, as the dataclass `cls`;
+    unknown keys and wrong types are ConfigErrors naming the file and the key."""
+    path = Path(path)
+    data = _read_yaml(path) or {}
+    for ov in overrides or []:
+        apply_override(data, ov)
+    return config_from_dict(data, cls, file=path)
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
                 validate: bool = True) -> RunConfig:
     """Loads a recipe YAML (with includes), applies `key.path=value` overrides, validates."""
     path = Path(path)
-    data = _read_yaml(path)
-    if data is None:
-        data = {}
-    for ov in overrides or []:
-        apply_override(data, ov)
-    cfg = config_from_dict(data, RunConfig, file=path)
+    cfg = read_config(path, RunConfig, overrides)
     if validate:
         validate_config(cfg, file=path)
     return cfg

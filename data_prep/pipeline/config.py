@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from snowtrain.config import ConfigError, _read_yaml, apply_override, config_from_dict, resolve_path
+from snowtrain.config import ConfigError, read_config, resolve_path
 
 
 @dataclass
@@ -83,10 +83,7 @@ class Phase1Config:
 
 def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config:
     path = Path(path)
-    data = _read_yaml(path) or {}
-    for ov in overrides or []:
-        apply_override(data, ov)
-    cfg = config_from_dict(data, Phase1Config, file=path)
+    cfg = read_config(path, Phase1Config, overrides)
     if not cfg.sources:
         raise ConfigError("no sources", file=path, key="sources",
                           fix="list at least one source, e.g. - {type: parquet, paths: [shards/*.parquet]}")

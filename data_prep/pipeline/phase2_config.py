@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from snowtrain.config import ConfigError, _read_yaml, apply_override, config_from_dict, resolve_path
+from snowtrain.config import ConfigError, read_config, resolve_path
 
 from .config import SourceConfig
 
@@ -100,10 +100,7 @@ def encoder_folder(cfg: Phase2Config) -> str | None:
 
 def load_phase2_config(path, overrides: list[str] | None = None) -> Phase2Config:
     path = Path(path)
-    data = _read_yaml(path) or {}
-    for ov in overrides or []:
-        apply_override(data, ov)
-    cfg = config_from_dict(data, Phase2Config, file=path)
+    cfg = read_config(path, Phase2Config, overrides)
     a = cfg.annotator
 
     def err(msg, key, fix):

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from snowtrain.config import ConfigError, _read_yaml, apply_override, config_from_dict, resolve_path, suggest
+from snowtrain.config import ConfigError, read_config, resolve_path, suggest
 
 from ..synth.answers import CODE_BLOCK_MODES
 from ..synth.prompts import DEFAULT_COMPLETION, DEFAULT_SYSTEM, DEFAULT_USER, template_problem
@@ -108,10 +108,7 @@ class Phase3Config:
 
 def load_phase3_config(path, overrides: list[str] | None = None) -> Phase3Config:
     path = Path(path)
-    data = _read_yaml(path) or {}
-    for ov in overrides or []:
-        apply_override(data, ov)
-    cfg = config_from_dict(data, Phase3Config, file=path)
+    cfg = read_config(path, Phase3Config, overrides)
     cfg.input = resolve_path(cfg.input, "input", path)
     cfg.output = resolve_path(cfg.output, "output", path)
     cfg.endpoint.base_url = resolve_path(cfg.endpoint.base_url, "endpoint.base_url", path)
