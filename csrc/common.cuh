@@ -22,6 +22,12 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+// Hook for the CPU emulator of the tests (tests/cuda_emu), which checks each vector access's
+// alignment; nothing on the GPU.
+#ifndef SNOWTRAIN_VECTOR_ACCESS
+#define SNOWTRAIN_VECTOR_ACCESS(p, bytes)
+#endif
+
 // N elements moved as one (16-byte for N = 16 / sizeof(T)) load or store.
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
@@ -30,10 +36,12 @@ struct alignas(sizeof(T) * N) Vec {
 
 template <typename T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  SNOWTRAIN_VECTOR_ACCESS(p, sizeof(Vec<T, N>));
   return *reinterpret_cast<const Vec<T, N>*>(p);
 }
 template <typename T, int N>
 __device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
+  SNOWTRAIN_VECTOR_ACCESS(p, sizeof(Vec<T, N>));
   *reinterpret_cast<Vec<T, N>*>(p) = v;
 }
 
