@@ -55,6 +55,14 @@ def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
 
 
+def _provenance(ans: dict, lang: str, path: str, code: str) -> str:
+    """A kept file's line of synthetic.jsonl: its text and where it came from."""
+    return json.dumps({
+        "path": path, "lang": lang, "content": code, "seed": ans["seed"], "source": ans["source"],
+        "seed_text": ans["seed_text"], "model": ans["model"], "finish_reason": ans["finish_reason"],
+        "usage": ans["usage"]}, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
@@ -397,7 +405,8 @@ class Phase3(PipelineRun):
 
     def tokenize(self, plan: Plan) -> None:
         shards = math.ceil(plan.num_units / self.cfg.shard_units)
-        mine = [s for s in self.mine(shards) if not (self._shard_dir(s) / "done.json").exists()]
+        mine = [s for s in self.mine(shards)
+                if not all((self._shard_dir(s) / f).exists() for f in ("done.json", "synthetic.jsonl"))]
         if not mine:
             return
         before = self._kept_before(plan)
@@ -408,12 +417,15 @@ class Phase3(PipelineRun):
             for s in mine:
                 units = range(s * self.cfg.shard_units, min(plan.num_units, (s + 1) * self.cfg.shard_units))
                 by_lang: dict[str, list[str]] = {}
-                for _ans, lang, path, code in self.kept_files(units, before[units[0]]):
+                records = []
+                for ans, lang, path, code in self.kept_files(units, before[units[0]]):
                     by_lang.setdefault(lang, []).append(f"{FILE_SEP}{path}\n{code}")
+                    records.append(_provenance(ans, lang, path, code))
                 counts = {}
                 for lang in sorted(by_lang):
                     docs, tokens = encoder.write(by_lang[lang], self._shard_dir(s) / f"{lang}_text_document")
                     counts[lang] = {"documents": docs, "tokens": tokens}
+                write_text(self._shard_dir(s) / "synthetic.jsonl", "".join(records))
                 write_text(self._shard_dir(s) / "done.json", json.dumps(counts, sort_keys=True))
                 bar.update()
 
@@ -431,13 +443,10 @@ class Phase3(PipelineRun):
             datasets[lang] = str(self.out / f"{lang}_text_document")
             merge_datasets(prefixes[lang], datasets[lang])
         copy_tokenizer(self.source.tokenizer.path, self.out)
-        with atomic_writer(self.out / "synthetic.jsonl") as f:
-            for ans, lang, path, code in self.kept_files(range(plan.num_units), Counter()):
-                f.write(json.dumps({
-                    "path": path, "lang": lang, "content": code, "seed": ans["seed"],
-                    "source": ans["source"], "seed_text": ans["seed_text"], "model": ans["model"],
-                    "finish_reason": ans["finish_reason"], "usage": ans["usage"]},
-                    sort_keys=True, ensure_ascii=False) + "\n")
+        with atomic_writer(self.out / "synthetic.jsonl") as f:  # the shards' parts, in order
+            for s in range(shards):
+                with open(self._shard_dir(s) / "synthetic.jsonl", encoding="utf-8") as part:
+                    shutil.copyfileobj(part, f)
         finals = (json.loads(self._post_path("final", u, ".json").read_text())
                   for u in range(plan.num_units))
         manifest = build_manifest(self, plan, finals, tokens, datasets)
