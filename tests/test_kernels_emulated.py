@@ -9,15 +9,25 @@ The emulator runs each block's threads as fibers with real barriers, so it also 
 some threads skip and misuse of warp shuffles; the last tests build deliberately faulty kernels to
 show each check fires. What it cannot show is speed, or races between blocks: the GPU tests
 (`gpu` marker) and benchmarks/bench_kernels_gpu.py cover those on a GPU.
+
+Then the whole `fused` backend: csrc/binding.cpp built against torch with the emulated kernels
+(registered for CPU tensors), so snowtrain.kernels' operators, their autograd and the model run
+through the binding's checks and allocations to the kernels: every op against the torch
+reference, and a tiny GQA Llama's training losses with fused kernels equal to those with torch
+kernels, in one process and with tensor parallelism over 2 gloo ranks (the vocabulary-parallel
+cross-entropy's all-reduces around the kernels).
 """
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from cuda_emu import build
+from cuda_emu import build, emulated_fused
+from snowtrain.testing import run_distributed
 
 F64, BF16, F32 = torch.float64, torch.bfloat16, torch.float32
 DTYPE_CODE = {F32: 0, BF16: 1}
@@ -326,3 +336,27 @@ def test_emulator_reports_faulty_kernels(faulty, fn, args, message):
         assert message in faulty.emu_last_message().decode()
     finally:
         d.free()
+
+
+# ------------------------------------------------- the fused backend through binding.cpp
+
+@pytest.fixture(scope="module")
+def binding_lib(tmp_path_factory):
+    if build.compiler() is None:
+        pytest.skip("no C++ compiler (g++) to build the emulated kernels")
+    return str(build.build(tmp_path_factory.mktemp("cuda_emu_binding"), torch_binding=True))
+
+
+def test_fused_backend_through_the_binding_on_emulated_kernels(binding_lib):
+    done = subprocess.run([sys.executable, emulated_fused.__file__, binding_lib],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.stdout.startswith("ok:"), done.stdout
+
+
+def test_tensor_parallel_llama_with_fused_kernels_on_emulated_kernels(binding_lib):
+    results = run_distributed(emulated_fused.tp_worker, 2, binding_lib, timeout_s=300)
+    for want, got, launches in results:
+        assert launches > 0
+        assert emulated_fused.close(got, want, 1e-4), (got, want)
+    assert results[0][1] == results[1][1]  # both ranks report the same (all-reduced) losses

@@ -4,6 +4,11 @@ The .cu sources are compiled unchanged except for two rewrites the C++ compiler 
 `kernel<<<grid, block, smem, stream>>>(args)` becomes
 `::cuda_emu::Launcher("kernel", grid, block, smem, stream)(kernel, args)`, and
 `extern __shared__ T name[];` a pointer to the launch's dynamic shared memory.
+
+With `torch_binding`, csrc/binding.cpp joins them, registered for CPU tensors instead of CUDA
+ones (two more rewrites, below; include/c10/cuda stands in for the CUDA guard and stream), so
+that `torch.ops.load_library` of the result sends the `snowtrain_kernels` operators on CPU tensors
+through the binding to the emulated kernels.
 """
 from __future__ import annotations
 
@@ -35,13 +40,30 @@ def rewrite(source: str) -> str:
     return out
 
 
+# binding.cpp's two CUDA-only spots, each expected exactly once
+BINDING_REWRITES = (("t.is_cuda()", "t.is_cpu()"),
+                    ("TORCH_LIBRARY_IMPL(snowtrain_kernels, CUDA, m)",
+                     "TORCH_LIBRARY_IMPL(snowtrain_kernels, CPU, m)"))
+
+
+def rewrite_binding(source: str) -> str:
+    for old, new in BINDING_REWRITES:
+        if source.count(old) != 1:
+            raise ValueError(f"binding.cpp: expected `{old}` once, found it {source.count(old)} "
+                             "times; update tests/cuda_emu/build.py's BINDING_REWRITES")
+        source = source.replace(old, new)
+    return source
+
+
 def compiler() -> str | None:
     return shutil.which("g++") or shutil.which("c++")
 
 
-def build(out_dir: Path, csrc: Path = CSRC, extra_units: list[Path] = ()) -> Path:
+def build(out_dir: Path, csrc: Path = CSRC, extra_units: list[Path] = (),
+          torch_binding: bool = False) -> Path:
     """Compile every csrc/*.cu (and `extra_units`, .cu files that include csrc's headers) plus
-    the emulator's runtime into out_dir/libsnowtrain_emu.so."""
+    the emulator's runtime into out_dir/libsnowtrain_emu.so (with `torch_binding`, binding.cpp
+    too, linked against torch)."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
@@ -49,14 +71,27 @@ def build(out_dir: Path, csrc: Path = CSRC, extra_units: list[Path] = ()) -> Pat
     src_dir.mkdir(parents=True, exist_ok=True)
     for p in [*csrc.glob("*.cu"), *csrc.glob("*.cuh"), *csrc.glob("*.h"), *map(Path, extra_units)]:
         (src_dir / p.name).write_text(rewrite(p.read_text()))
-    units = sorted(src_dir.glob("*.cu")) + [HERE / "runtime.cpp"]
-    flags = ["-std=c++17", "-O2", "-g", "-fPIC", "-U_FORTIFY_SOURCE", "-Wall",
-             "-Wno-unknown-pragmas", "-Wno-unused-function",
-             f"-I{HERE / 'include'}", f"-I{src_dir}"]
+    include = [f"-I{HERE / 'include'}", f"-I{src_dir}"]
+    base = ["-O2", "-g", "-fPIC", "-U_FORTIFY_SOURCE", "-Wall", "-Wno-unknown-pragmas",
+            "-Wno-unused-function"]
+    units = {u: ["-std=c++17", *base, *include] for u in sorted(src_dir.glob("*.cu"))}
+    units[HERE / "runtime.cpp"] = ["-std=c++17", *base, *include]
+    link = []
+    if torch_binding:
+        import torch
+        from torch.utils import cpp_extension
+        (src_dir / "binding.cpp").write_text(rewrite_binding((csrc / "binding.cpp").read_text()))
+        abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+        units[src_dir / "binding.cpp"] = [
+            "-std=c++20", *base, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *include,
+            *(f"-I{p}" for p in cpp_extension.include_paths())]
+        libs = cpp_extension.library_paths()
+        link = [*(f"-L{p}" for p in libs), *(f"-Wl,-rpath,{p}" for p in libs),
+                "-ltorch", "-ltorch_cpu", "-lc10"]
 
     def compile_one(unit: Path) -> Path:
         obj = out_dir / (unit.name + ".o")
-        cmd = [cxx, *flags, "-x", "c++", "-c", str(unit), "-o", str(obj)]
+        cmd = [cxx, *units[unit], "-x", "c++", "-c", str(unit), "-o", str(obj)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"emulator build of {unit.name} failed:\n{done.stderr[-4000:]}")
@@ -65,7 +100,7 @@ def build(out_dir: Path, csrc: Path = CSRC, extra_units: list[Path] = ()) -> Pat
     with ThreadPoolExecutor(max_workers=4) as pool:
         objects = list(pool.map(compile_one, units))
     lib = out_dir / "libsnowtrain_emu.so"
-    done = subprocess.run([cxx, "-shared", "-o", str(lib), *map(str, objects)],
+    done = subprocess.run([cxx, "-shared", "-o", str(lib), *map(str, objects), *link],
                           capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"emulator link failed:\n{done.stderr[-4000:]}")
