@@ -68,6 +68,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile each transformer block (inductor); see docs/training.md
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
 
     @property

@@ -91,6 +91,9 @@ class Llama(nn.Module):
         self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, name="embed",
                                             std=cfg.init_std, **common)
         self.layers = nn.ModuleList(Block(cfg, tp, i, **common) for i in range(cfg.num_layers))
+        if cfg.compile:  # per block, in place: parameter names (checkpoints) do not change
+            for block in self.layers:
+                block.compile()
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype, device)
         self.lm_head = None if cfg.tie_embeddings else ColumnParallelLinear(
             cfg.hidden_size, cfg.vocab_size, tp, name="lm_head", std=cfg.init_std, **common)
