@@ -71,7 +71,7 @@ PEAKS = (("h100 pcie", 756.0), ("h100 nvl", 835.0), ("h100", 989.0), ("h200", 98
          ("h800", 989.0), ("a100", 312.0), ("l40s", 362.0))
 MFU_GOAL = 0.45
 # per section: (time cap in s, least time worth starting it with)
-SECTIONS = {"checks": (75, 10), "model": (150, 75), "megatron": (100, 45), "timings": (150, 20)}
+SECTIONS = {"checks": (75, 10), "model": (200, 75), "megatron": (100, 45), "timings": (150, 20)}
 STARTUP_S = 15  # a section's process start (torch, the extension) and its kill grace, reserved
 BUILD_LIMIT_S = 240
 
@@ -579,7 +579,7 @@ def model_steps(torch, args, dev, fused_ok: bool, out: dict, save) -> dict:
                 # its first steps to compile and is cut short first when time runs out
                 variants = [(b, False) for b in backends]
                 if not args.skip_compile:
-                    variants += [(b, True) for b in backends]
+                    variants += [(b, True) for b in reversed(backends)]  # fused first
                 for backend, compiled in variants:
                     name = backend + (" + compile" if compiled else "")
                     kernels.configure(backend, strict=backend == "fused" and dev.type == "cuda")
