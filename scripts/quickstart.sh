@@ -60,8 +60,11 @@ kill $SERVER; wait $SERVER 2>/dev/null || true
 trap - EXIT
 check_datasets "$OUT/data/phase3"
 
-echo "== train: phase 3 on the synthetic files beside the phase-2 files"
-snowtrain train --config "$RECIPE" --phase phase3
+echo "== train: phase 3 on the synthetic files beside the phase-2 files, each block compiled"
+# model.compile (torch.compile with inductor) needs a C++ compiler on a CPU
+COMPILE=()
+if command -v g++ >/dev/null || command -v c++ >/dev/null; then COMPILE=(--set model.compile=true); fi
+snowtrain train --config "$RECIPE" --phase phase3 "${COMPILE[@]}"
 
 echo "== plot: loss across phases"
 snowtrain plot "$OUT/logs" --out "$OUT/loss.png"
