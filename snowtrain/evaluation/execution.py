@@ -12,6 +12,7 @@ status 0: a completion that exits (sys.exit(0), os._exit(0)) before the checks f
 """
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -132,13 +133,21 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def run_jobs(jobs, workers: int | None = None):
+    """Runs zero-argument calls that each run programs (one or more, one after another),
+    `workers` at a time; yields (index, what the call returned) as each finishes."""
+    pool = ThreadPoolExecutor(workers or default_workers())
+    try:
+        futures = {pool.submit(job): i for i, job in enumerate(jobs)}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
+    finally:  # on Ctrl-C (or a consumer that stops early) queued programs are not started
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_programs(sources, limits: Limits = Limits(), workers: int | None = None):
     """Runs many programs, `workers` processes at a time; yields (index, passed, result) as
     each finishes."""
-    pool = ThreadPoolExecutor(workers or default_workers())
-    try:
-        futures = {pool.submit(run_program, s, limits): i for i, s in enumerate(sources)}
-        for f in as_completed(futures):
-            yield (futures[f], *f.result())
-    finally:  # on Ctrl-C (or a consumer that stops early) queued programs are not started
-        pool.shutdown(wait=True, cancel_futures=True)
+    jobs = [functools.partial(run_program, s, limits) for s in sources]
+    for i, (passed, result) in run_jobs(jobs, workers):
+        yield i, passed, result

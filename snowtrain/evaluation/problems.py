@@ -5,8 +5,9 @@
      "canonical_solution": "    return x + 1\n"}
 
 The model continues `prompt`; the program run is prompt + completion + test + check(entry_point).
-canonical_solution is optional (tests use it). Any line that breaks the format is an error naming
-the file and line: a benchmark must never silently shrink.
+canonical_solution is optional (tests use it). EvalPlus's own files (HumanEval+, MBPP+: objects with
+`base_input` and `plus_input`) are read too, as plus.py describes. Any line that breaks the format
+is an error naming the file and line: a benchmark must never silently shrink.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from .plus import PlusTask, dataset_of, is_plus_object, parse_plus_object
 
 REQUIRED = ("task_id", "prompt", "test", "entry_point")
 BUILTIN = ("humaneval",)
@@ -31,6 +34,7 @@ class Problem:
     test: str
     entry_point: str
     canonical_solution: str | None = None
+    evalplus: PlusTask | None = None  # an EvalPlus task: `test` is empty, these are its tests
 
 
 def humaneval_file() -> Path:
@@ -64,7 +68,7 @@ def _lines(path: Path):
 
 def load_problems(path: str | Path) -> list[Problem]:
     path = Path(path)
-    problems, seen = [], {}
+    problems, seen, first = [], {}, None
     for lineno, line in _lines(path):
         if not line.strip():
             continue
@@ -77,6 +81,14 @@ def load_problems(path: str | Path) -> list[Problem]:
             raise ProblemError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if isinstance(obj.get("task_id"), int) and not isinstance(obj["task_id"], bool):
             obj["task_id"] = str(obj["task_id"])
+        if first is None:
+            first = (lineno, is_plus_object(obj), obj.get("task_id"))
+        if first[1]:  # an EvalPlus file: every line is an EvalPlus task of one dataset
+            problems.append(_plus_problem(obj, where, first, seen, lineno))
+            continue
+        if is_plus_object(obj):
+            raise ProblemError(f"{where}: an EvalPlus task (base_input, plus_input) in a file of "
+                               f"HumanEval-format problems (line {first[0]} is one)")
         missing = [k for k in REQUIRED if k not in obj]
         if missing:
             raise ProblemError(f"{where}: missing {', '.join(missing)} (a problem needs "
@@ -96,6 +108,17 @@ def load_problems(path: str | Path) -> list[Problem]:
     return problems
 
 
+def _plus_problem(obj: dict, where: str, first: tuple, seen: dict, lineno: int) -> Problem:
+    prompt, entry_point, canonical, task = parse_plus_object(obj, where, ProblemError)
+    if task.dataset != dataset_of(str(first[2])):
+        raise ProblemError(f"{where}: {obj['task_id']!r} is not a task of the same EvalPlus dataset "
+                           f"as line {first[0]}'s {first[2]!r}")
+    if obj["task_id"] in seen:
+        raise ProblemError(f"{where}: task_id {obj['task_id']!r} already on line {seen[obj['task_id']]}")
+    seen[obj["task_id"]] = lineno
+    return Problem(obj["task_id"], prompt, "", entry_point, canonical, task)
+
+
 def load_benchmark(benchmark: str | None, problems_file: str | None) -> tuple[str, Path, list[Problem]]:
     """-> (name, file, problems) for --benchmark NAME or --problems FILE."""
     if problems_file:
@@ -111,5 +134,8 @@ def problems_digest(problems: list[Problem]) -> str:
     """Identifies a problem set, so a resumed run never mixes completions of different prompts."""
     h = hashlib.sha256()
     for p in problems:
-        h.update(json.dumps([p.task_id, p.prompt, p.test, p.entry_point]).encode())
+        fields = [p.task_id, p.prompt, p.test, p.entry_point]
+        if p.evalplus:  # its tests are data: inputs, atol, the canonical solution
+            fields.append(p.evalplus.digest)
+        h.update(json.dumps(fields).encode())
     return h.hexdigest()[:16]

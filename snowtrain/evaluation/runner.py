@@ -4,6 +4,10 @@
 <out>/samples.jsonl  a line per completion, appended as each is generated
 <out>/results.jsonl  a line per executed completion, appended as each finishes
 <out>/summary.json   pass@k and counts, written last
+
+EvalPlus files (plus.py) get two verdicts per completion: `passed`/`result` (base and plus inputs,
+EvalPlus's "plus" score) and `base_passed`/`base_result` (base inputs only); the summary adds
+base_pass@k and its counts.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .backends import DEFAULT_STOP, TOO_LONG
-from .execution import Limits, program, run_programs
+from .execution import Limits, program, run_jobs, run_program
+from .plus_check import check_plus
 from .problems import Problem, problems_digest
 
 KS = (1, 10, 100)
@@ -148,6 +153,37 @@ def _generate(backend, todo, gen: Generation, samples: dict, log: Log, bar) -> N
             raise
 
 
+def _job(p: Problem, completion: str, limits: Limits):
+    """A call that runs the completion's program(s) -> the verdicts of its results line."""
+    if p.evalplus:
+        return lambda: check_plus(p, completion, limits)
+
+    def run():
+        passed, result = run_program(program(p.prompt, completion, p.test, p.entry_point), limits)
+        return {"passed": passed, "result": result}
+    return run
+
+
+def _done(p: Problem, rec: dict | None) -> bool:
+    return rec is not None and (not p.evalplus or "base_passed" in rec)
+
+
+def _scores(results: dict, problems: list[Problem], samples: int, prefix: str = "") -> dict:
+    """pass@k and counts from the `passed`/`result` verdicts, or with prefix "base_" the
+    base_passed/base_result ones."""
+    correct = [sum(results[(p.task_id, i)][f"{prefix}passed"] for i in range(samples)) for p in problems]
+    outcomes = [results[(p.task_id, i)][f"{prefix}result"] for p in problems for i in range(samples)]
+    return {
+        f"{prefix}pass@k": {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in correct) / len(problems)
+                            for k in KS if k <= samples},
+        f"{prefix}problems_solved": sum(c > 0 for c in correct),
+        f"{prefix}samples_passed": sum(correct),
+        f"{prefix}results": {"passed": sum(r == "passed" for r in outcomes),
+                             "failed": sum(r.startswith("failed") for r in outcomes),
+                             "timed out": sum(r == "timed out" for r in outcomes)},
+    }
+
+
 def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], out: str | Path,
              gen: Generation = Generation(), limits: Limits = Limits(), limit: int | None = None,
              workers: int | None = None, problems_file: str | None = None, progress: bool = True,
@@ -175,37 +211,33 @@ def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], ou
     results = result_log.load()
     for p, i in todo:  # completions made now are run now, whatever an older results line says
         results.pop((p.task_id, i), None)
-    pending = [(p, i) for p, i in keys if (p.task_id, i) not in results]
+    pending = [(p, i) for p, i in keys if not _done(p, results.get((p.task_id, i)))]
     runnable = []
     for p, i in pending:
         s = samples[(p.task_id, i)]
         if s["finish_reason"] == TOO_LONG:
-            rec = {"task_id": p.task_id, "sample": i, "passed": False,
-                   "result": "failed: the prompt is longer than the model's context"}
+            why = "failed: the prompt is longer than the model's context"
+            rec = {"task_id": p.task_id, "sample": i, "passed": False, "result": why}
+            if p.evalplus:
+                rec.update(base_passed=False, base_result=why)
             result_log.append(rec)
             results[(p.task_id, i)] = rec
         else:
-            runnable.append((p, i, program(p.prompt, s["completion"], p.test, p.entry_point)))
+            runnable.append((p, i, _job(p, s["completion"], limits)))
     with _bar(len(runnable), f"{benchmark}: execute", progress) as bar:
-        for j, passed, result in run_programs([r[2] for r in runnable], limits, workers):
+        for j, verdicts in run_jobs([r[2] for r in runnable], workers):
             p, i, _ = runnable[j]
-            rec = {"task_id": p.task_id, "sample": i, "passed": passed, "result": result}
+            rec = {"task_id": p.task_id, "sample": i, **verdicts}
             result_log.append(rec)
             results[(p.task_id, i)] = rec
             bar.update()
 
-    correct = [sum(results[(p.task_id, i)]["passed"] for i in range(gen.samples)) for p in problems]
-    outcomes = [results[(p.task_id, i)]["result"] for p, i in keys]
+    plus = any(p.evalplus for p in problems)
     summary = {
         "benchmark": benchmark, "problems_file": problems_file, "model": model,
         "problems": len(problems), "samples_per_problem": gen.samples,
-        "pass@k": {f"pass@{k}": sum(pass_at_k(gen.samples, c, k) for c in correct) / len(problems)
-                   for k in KS if k <= gen.samples},
-        "problems_solved": sum(c > 0 for c in correct),
-        "samples_passed": sum(correct),
-        "results": {"passed": sum(r == "passed" for r in outcomes),
-                    "failed": sum(r.startswith("failed") for r in outcomes),
-                    "timed out": sum(r == "timed out" for r in outcomes)},
+        **_scores(results, problems, gen.samples),
+        **(_scores(results, problems, gen.samples, "base_") if plus else {}),
         "prompts_too_long": sum(samples[(p.task_id, i)]["finish_reason"] == TOO_LONG for p, i in keys),
         "generation": run["generation"], "execution": run["execution"],
         "this_run": {"generated": len(todo), "executed": len(pending),
@@ -223,6 +255,13 @@ def summary_line(s: dict) -> str:
     else:
         count = f"{s['problems']} problems x {s['samples_per_problem']} samples"
     line = f"{s['benchmark']}: {scores} ({count})"
+    if "base_pass@k" in s:  # an EvalPlus file: the plus score above, the base score here
+        base = s["base_pass@k"]
+        scores = (f"{base['pass@1']:.4f}" if list(base) == ["pass@1"]
+                  else ", ".join(f"{k} {v:.4f}" for k, v in base.items()))
+        line += f", base {scores}"
+        if s["samples_per_problem"] == 1:
+            line += f" ({s['base_samples_passed']}/{s['problems']})"
     if s["prompts_too_long"]:
         line += f"; {s['prompts_too_long']} prompt(s) longer than the model's context, counted as failed"
     return line
