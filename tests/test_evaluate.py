@@ -22,7 +22,7 @@ from snowtrain.evaluation.problems import ProblemError, load_benchmark, load_pro
 from snowtrain.evaluation.runner import EvalError, Generation, evaluate, pass_at_k
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTEXT = 512
+CONTEXT = 512  # the context of conftest.py's eval_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -192,20 +192,8 @@ def test_sampled_pass_at_k_is_computed_from_the_results(tmp_path, humaneval):
 # ---- a tiny random-init model, end to end; the endpoint backend ----
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A random-init model written as snowtrain export writes it, with a real tokenizer."""
-    pytest.importorskip("transformers")
-    from tiny_hf import train_code_tokenizer, write_tiny_hf_model
-    tok_path = train_code_tokenizer(tmp_path_factory.mktemp("tok"))
-    return write_tiny_hf_model(tmp_path_factory.mktemp("hf"), tok_path, CONTEXT)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_torch_threads():
-    import torch
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)  # the local backend picks 1 thread for tiny models
+def hf_dir(eval_model_dir, keep_torch_threads):
+    return eval_model_dir
 
 
 def eval_cli(*args) -> int:

@@ -27,8 +27,6 @@ from snowtrain.evaluation.plus_check import check_plus
 from snowtrain.evaluation.problems import ProblemError, load_benchmark, load_problems
 from snowtrain.evaluation.runner import EvalError, Generation, evaluate, summary_line
 
-CONTEXT = 512
-
 
 @pytest.fixture(scope="module")
 def evalplus_eval():
@@ -353,19 +351,8 @@ def test_runner_reports_base_and_plus(tmp_path, plus_files):
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from tiny_hf import train_code_tokenizer, write_tiny_hf_model
-    tok_path = train_code_tokenizer(tmp_path_factory.mktemp("tok"))
-    return write_tiny_hf_model(tmp_path_factory.mktemp("hf"), tok_path, CONTEXT)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_torch_threads():
-    import torch
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)  # the local backend picks 1 thread for tiny models
+def hf_dir(eval_model_dir, keep_torch_threads):
+    return eval_model_dir
 
 
 def eval_cli(*args) -> int:
