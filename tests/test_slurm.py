@@ -834,7 +834,7 @@ def test_eval_sh_finds_the_phase_end_checkpoint(tmp_path):
         env = clean_env()
         env.update(SLURM_JOB_ID=str(900 + n), SLURM_JOB_NAME="ev", SNOWTRAIN_HOME=str(ROOT), SNOWTRAIN_CONFIG=str(config),
                    SNOWTRAIN_LOG_ROOT=str(tmp_path / "logs"), SNOWTRAIN_EVAL_CMD=f"bash {standin}",
-                   STANDIN_OUT=str(out), **extra)
+                   **{"STANDIN_OUT": str(out), **extra})
         r = subprocess.run(["bash", str(SLURM_DIR / "eval.sh"), *args], capture_output=True, text=True,
                            env=env, cwd=tmp_path, timeout=120)
         return r, out.read_text().splitlines() if out.exists() else []
@@ -858,6 +858,19 @@ def test_eval_sh_finds_the_phase_end_checkpoint(tmp_path):
     r, argv = run(5, "--checkpoint", str(ckpt / "p1" / "step_00000002"))
     assert r.returncode == 0 and argv[0] == str(ckpt / "p1" / "step_00000002") and argv[4] == str(logs / "eval-p1"), argv
     assert (logs / "ev-901" / "run-0.log").exists()
+    # Several benchmarks: one evaluation each, into its own folder; the worst status is the job's.
+    calls = tmp_path / "calls"
+    standin.write_text('#!/bin/bash\nprintf "%s\\n" "$*" >>"$STANDIN_OUT"\n[[ $* == *Mbpp* ]] && exit 2\nexit 0\n')
+    r, _ = run(6, "--phase", "p1", "--limit", "3", STANDIN_OUT=str(calls),
+               SNOWTRAIN_EVAL_BENCHMARKS="humaneval /data/HumanEvalPlus-v0.1.10.jsonl.gz MbppPlus-v0.2.0.jsonl.gz")
+    p1 = str(ckpt / "p1" / "step_00000004")
+    assert calls.read_text().splitlines() == [
+        f"{p1} --benchmark humaneval --out {logs / 'eval-p1' / 'humaneval'} --quiet --limit 3",
+        f"{p1} --problems /data/HumanEvalPlus-v0.1.10.jsonl.gz --out {logs / 'eval-p1' / 'HumanEvalPlus-v0.1.10'} --quiet --limit 3",
+        f"{p1} --problems MbppPlus-v0.2.0.jsonl.gz --out {logs / 'eval-p1' / 'MbppPlus-v0.2.0'} --quiet --limit 3"]
+    assert r.returncode == 2, r.stdout + r.stderr
+    r, _ = run(7, "--phase", "p1", "--problems", "x.jsonl", SNOWTRAIN_EVAL_BENCHMARKS="humaneval")
+    assert r.returncode == 2 and "not both" in r.stdout + r.stderr
 
 
 def test_eval_sh_evaluates_a_real_checkpoint(cluster, request, tmp_path):

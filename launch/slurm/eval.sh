@@ -16,6 +16,9 @@
 #    rerunning into it resumes. `--problems FILE` in the arguments replaces --benchmark; a later
 #    --out wins. SNOWTRAIN_EVAL_CMD replaces `snowtrain eval`. Exits with its status (0 done, 2 a
 #    user error, 1 no checkpoint / a failed endpoint).
+#    SNOWTRAIN_EVAL_BENCHMARKS="humaneval HumanEvalPlus-v0.1.10.jsonl.gz MbppPlus-v0.2.0.jsonl.gz"
+#    runs one evaluation per entry (a built-in name, or a problems file, e.g. EvalPlus's), each into
+#    OUT/<its name>, one after the other; the worst exit status is the job's.
 #
 # The local backend runs on the CPU: no GPUs are requested. It executes model-written code
 # (docs/evaluation.md): run it where that is acceptable. Everything else: common.sh, docs/slurm.md.
@@ -111,11 +114,37 @@ fi
 # ----------------------------------------------------------------------------- 2. snowtrain eval
 root=${SNOWTRAIN_LOG_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}/logs/slurm}
 out=${SNOWTRAIN_EVAL_OUT:-$root/eval-$phase}
-which=(--benchmark humaneval)
-for a in "${extra[@]}"; do [[ $a == --problems || $a == --problems=* ]] && which=(); done
 read -r -a cmd <<<"${SNOWTRAIN_EVAL_CMD:-snowtrain eval}"
-st_log "${cmd[*]} $ckpt ${which[*]} --out $out --quiet ${extra[*]}"
-st_tool "${cmd[@]}" "$ckpt" "${which[@]}" --out "$out" --quiet "${extra[@]}"
-rc=$?
-st_log "evaluation exited $rc; output: $out"
-exit "$rc"
+given_problems=0
+for a in "${extra[@]}"; do [[ $a == --problems || $a == --problems=* ]] && given_problems=1; done
+
+run_eval() {  # OUT_DIR [--benchmark NAME | --problems FILE]
+    local dir=$1; shift
+    st_log "${cmd[*]} $ckpt $* --out $dir --quiet ${extra[*]}"
+    st_tool "${cmd[@]}" "$ckpt" "$@" --out "$dir" --quiet "${extra[@]}"
+    local rc=$?
+    st_log "evaluation exited $rc; output: $dir"
+    return "$rc"
+}
+
+read -r -a benchmarks <<<"${SNOWTRAIN_EVAL_BENCHMARKS:-}"
+if [[ ${#benchmarks[@]} -eq 0 ]]; then
+    which=(--benchmark humaneval)
+    [[ $given_problems == 1 ]] && which=()
+    run_eval "$out" "${which[@]}"
+    exit $?
+fi
+[[ $given_problems == 1 ]] &&
+    st_die 2 "give the problems files in SNOWTRAIN_EVAL_BENCHMARKS or with --problems, not both"
+worst=0
+for b in "${benchmarks[@]}"; do
+    name=$(basename "$b"); name=${name%.gz}; name=${name%.jsonl}; name=${name%.json}
+    if [[ $b == */* || $b == *.jsonl || $b == *.jsonl.gz || $b == *.json ]]; then
+        run_eval "$out/$name" --problems "$b"
+    else
+        run_eval "$out/$name" --benchmark "$b"
+    fi
+    rc=$?
+    (( rc > worst )) && worst=$rc
+done
+exit "$worst"
