@@ -187,6 +187,15 @@ class DataConfig:
 
 
 @dataclass
+class ValidationConfig:
+    # Validation loss on each dataset's held-out split (needs data.valid_fraction > 0): every
+    # `interval` steps (0: only at the end of each phase), on the first `sequences` sequences
+    # of each dataset's split (all of them when it has fewer).
+    interval: int = 0
+    sequences: int = 64
+
+
+@dataclass
 class TrainingConfig:
     # A non-finite loss or gradient norm: "stop" saves the last good state and stops with a
     # message; "skip" drops the batch and goes on (at most max_skips times in a row).
@@ -208,6 +217,7 @@ class RunConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     phases: list[PhaseConfig] = field(default_factory=list)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -575,6 +585,14 @@ def validate_config(cfg: RunConfig, file=None) -> RunConfig:
         if not 0 < sch.decay_fraction <= 1:
             raise err(f"decay_fraction must be in (0, 1], got {sch.decay_fraction}",
                       f"{key}.schedule.decay_fraction", "use e.g. 0.2")
+    if cfg.validation.interval < 0 or cfg.validation.sequences < 1:
+        raise err(f"interval must be >= 0 and sequences >= 1, got {cfg.validation.interval} and "
+                  f"{cfg.validation.sequences}", "validation",
+                  "use e.g. interval: 1000 (0: at the end of each phase only), sequences: 64")
+    if cfg.validation.interval > 0 and cfg.data.valid_fraction <= 0:
+        raise err(f"validation every {cfg.validation.interval} steps, but data.valid_fraction is "
+                  f"{cfg.data.valid_fraction}: nothing is held out", "validation.interval",
+                  "set data.valid_fraction (e.g. 0.001), or validation.interval: 0")
     if cfg.checkpoint.save_interval < 1 or cfg.checkpoint.keep_last < 1:
         raise err("save_interval and keep_last must be >= 1", "checkpoint",
                   "use e.g. save_interval: 1000, keep_last: 2")

@@ -61,7 +61,7 @@ class MetricsLogger:
 def format_record(r: dict) -> str:
     parts = [f"{r.get('phase', '')} step {r.get('step')}/{r.get('steps', '?')}"]
     tflops_fmt = "{:.1f} TFLOP/s" if (r.get("tflops") or 0) >= 0.1 else "{:.3f} TFLOP/s"
-    for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.3e}"), ("grad_norm", "gnorm {:.3f}"),
+    for key, fmt in (("loss", "loss {:.4f}"), ("valid_loss", "validation loss {:.4f}"), ("lr", "lr {:.3e}"), ("grad_norm", "gnorm {:.3f}"),
                      ("tokens_per_s", "{:,.0f} tok/s"), ("tflops", tflops_fmt),
                      ("mfu", "MFU {:.1%}"), ("mem_gib", "mem {:.1f} GiB"), ("eta_s", "ETA {}")):
         if r.get(key) is not None:
@@ -77,12 +77,13 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def read_metrics(paths) -> list[dict]:
+def read_records(paths) -> list[dict]:
     rows = []
     for p in paths:
         with open(p) as f:
             rows += [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if "loss" in r]
+    return rows
+
 
 
 def plot_loss(metrics_files, out_png: str | os.PathLike) -> Path:
@@ -91,18 +92,27 @@ def plot_loss(metrics_files, out_png: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_files)
+    records = read_records(metrics_files)
+    rows = [r for r in records if "loss" in r]
     if not rows:
         raise ValueError(f"no loss records in {', '.join(map(str, metrics_files))}")
     by_phase: dict[str, dict[int, float]] = {}
+    valid: dict[str, dict[int, float]] = {}
     for r in rows:
         by_phase.setdefault(r.get("phase", "?"), {})[r["global_step"]] = r["loss"]
+    for r in records:
+        if "valid_loss" in r:
+            valid.setdefault(r.get("phase", "?"), {})[r["global_step"]] = r["valid_loss"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for phase, pts in by_phase.items():
         xs = sorted(pts)
-        ax.plot(xs, [pts[x] for x in xs], label=phase)
+        line, = ax.plot(xs, [pts[x] for x in xs], label=phase)
+        if phase in valid:  # the held-out loss, in the phase's colour
+            vx = sorted(valid[phase])
+            ax.plot(vx, [valid[phase][x] for x in vx], "o--", color=line.get_color(), markersize=4,
+                    label=f"{phase} validation")
     ax.set_xlabel("step (all phases)")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.set_title("loss across phases")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -23,6 +23,7 @@ from .optim import DistributedOptimizer, lr_at
 from .optim.optimizer import zero_dim
 from .plan import GiB, fit_problem, flops_per_token
 from .step import NonFiniteLoss, train_step
+from .validation import Validator
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -119,6 +120,9 @@ class Trainer:
         self.model = Llama(cfg.model, TPGroup.from_state(ps), seed=cfg.seed, dtype=dtype, device=ps.device)
         self.opt = DistributedOptimizer(self.model, cfg, ps)
         self.data = PhaseData.from_config(cfg, phase, config_file=config_file)
+        self.validator = (Validator(self.data, ps, sequences=cfg.validation.sequences,
+                                    micro_batch_size=self.phase.micro_batch_size)
+                          if cfg.data.valid_fraction > 0 else None)
         self.mesh = device_mesh(ps) if ps.world_size > 1 else None
         self.ckpt = CheckpointManager(cfg.checkpoint, state=ps, run_config=cfg)
         log_dir = Path(resolve_path(cfg.logging.dir, "logging.dir", config_file))
@@ -197,6 +201,17 @@ class Trainer:
         return self.ckpt.save(checkpoint_state(self.model, self.opt, self.mesh, extra), self.step,
                               self.phase.name, phase_end=phase_end)
 
+    def validate(self) -> dict | None:
+        """The validation losses now (collective), logged; None without held-out data."""
+        if not self.validator:
+            return None
+        t0 = time.time()
+        losses = self.validator.run(self.model)
+        self.metrics.log({"phase": self.phase.name, "step": self.step, "steps": self.steps,
+                          "global_step": self.global_step_offset + self.step, **losses,
+                          "valid_s": time.time() - t0}, force=True)
+        return losses
+
     def run(self, max_steps: int | None = None) -> PhaseResult:
         ps, cfg = self.pstate, self.cfg
         stop = StopRequest()
@@ -250,6 +265,8 @@ class Trainer:
                 }, force=self.step == self.steps)
                 if self.step >= self.steps:
                     break
+                if cfg.validation.interval and self.step % cfg.validation.interval == 0:
+                    self.validate()
                 saved = self.step % cfg.checkpoint.save_interval == 0
                 if saved:
                     self.save()
@@ -267,6 +284,7 @@ class Trainer:
                 if self.step < self.steps:
                     raise RuntimeError(f"the data of {self.phase.name} ended at step {self.step} "
                                        f"before the phase's {self.steps} steps")
+                self.validate()  # the phase-end weights, the next phase's start
                 path = self.save(phase_end=True)
                 self.metrics.event(f"{self.phase.name} complete at step {self.step}: {path}")
             path = self.ckpt.wait()

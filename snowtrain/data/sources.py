@@ -145,18 +145,20 @@ def open_sources(datasets: Sequence[DatasetConfig], *, seq_len: int, valid_fract
                 key=f"{key_prefix}.seq_len",
                 fix=f"lower seq_len to at most {max(train_tokens - 1, 0)}, or give this dataset "
                     "more data (or drop it from the phase)")
-        if valid and valid[1] > valid[0] and valid_tokens < seq_len + 1:
-            raise ConfigError(
-                f"dataset '{name}' ({prefix}): its validation split holds {valid_tokens} tokens, "
-                f"fewer than one sample of seq_len={seq_len}", file=file,
-                key="data.valid_fraction", fix="raise data.valid_fraction or lower seq_len")
+        validated = bool(valid and valid[1] > valid[0])
+        if validated and valid_tokens < seq_len + 1:
+            # its documents stay out of training, but make no validation sample
+            logger.warning(f"dataset '{name}' ({prefix}): its validation split holds {valid_tokens} "
+                           f"tokens, fewer than one sample of seq_len={seq_len}: not validated "
+                           "(raise data.valid_fraction to validate it)")
+            validated = False
         if d.repeat <= 0 or (d.weight is not None and d.weight < 0):
             raise ConfigError("weight must be >= 0 and repeat > 0", file=file,
                               key=f"{key_prefix}.datasets[{j}]", fix="fix the weight or repeat")
         sources.append(DatasetSource(
             name=name, prefix=prefix, key=key, weight=d.weight, repeat=float(d.repeat),
             dtype=np.dtype(info.dtype), num_sequences=n, total_tokens=total,
-            train_range=train, valid_range=valid if valid and valid[1] > valid[0] else None,
+            train_range=train, valid_range=valid if validated else None,
             train_tokens=train_tokens, valid_tokens=valid_tokens, bin_bytes=bin_bytes))
     weights = [s.weight for s in sources]
     if any(w is None for w in weights) and any(w is not None for w in weights):
