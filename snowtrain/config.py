@@ -246,6 +246,15 @@ _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMBT])\s*$", re.I)
 _SIZE_FACTOR = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 
 
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists all the way down (for free-form sections, which are dumped as YAML)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 class _Mapping(dict):
     """A YAML mapping that remembers which file each of its keys came from."""
 
@@ -345,7 +354,7 @@ def _convert(value: Any, tp: Any, key: str, file) -> Any:
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise bad()
-        return dict(value)  # free-form: its own section checks its keys
+        return _plain(value)  # free-form: its own section checks its keys
     if origin is list:
         if not isinstance(value, list):
             raise bad()

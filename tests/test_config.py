@@ -151,3 +151,14 @@ def test_unknown_phase_suggests(recipe):
 
 def test_defaults_are_the_recipe_model():
     assert RunConfig().model.hidden_size == 2048
+
+
+@pytest.mark.parametrize("name", ["phase1.yaml", "quickstart.yaml"])
+def test_shipped_phase1_configs_load_and_dump(name, monkeypatch):
+    """Nested free-form sections (filters.per_language) load, take overrides and dump as the run
+    stamp does: plain dicts all the way down (phase 3's filters go through the same loader)."""
+    from data_prep.pipeline.config import dump, load_phase1_config
+    monkeypatch.setenv("STACK_DIR", "/data/stack")
+    monkeypatch.setenv("SNOWTRAIN_DATA", "/data/snowtrain")
+    cfg = load_phase1_config(ROOT / "configs/data_prep" / name, ["filters.per_language.python.xml=false"])
+    assert yaml.safe_load(dump(cfg))["filters"]["per_language"]["python"]["xml"] is False
