@@ -47,7 +47,8 @@ def main(argv=None) -> int:
         from .sources import SourceError
         try:
             cfg = load_phase1_config(args.config, args.overrides)
-            Phase1(cfg, restart=args.restart, progress=not args.no_progress).run()
+            Phase1(cfg, restart=args.restart, progress=not args.no_progress,
+                   config_file=args.config).run()
         except (ConfigError, SourceError) as e:
             print(f"data-prep phase1: {e}", file=sys.stderr)
             return 2
@@ -87,7 +88,8 @@ def _phase2(args) -> int:
     from .sources import SourceError
     try:
         cfg = load_phase2_config(args.config, args.overrides)
-        Phase2(cfg, restart=args.restart, progress=not args.no_progress).run()
+        Phase2(cfg, restart=args.restart, progress=not args.no_progress,
+               config_file=args.config).run()
     except (ConfigError, SourceError) as e:
         print(f"data-prep phase2: {e}", file=sys.stderr)
         return 2

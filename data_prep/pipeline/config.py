@@ -81,6 +81,10 @@ class Phase1Config:
     funnel_png: bool = True
 
 
+# Keys that cannot change the outputs: a run may change them and resume from its work folder.
+UNSTAMPED_KEYS = ("workers", "funnel_png")
+
+
 def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config:
     path = Path(path)
     cfg = read_config(path, Phase1Config, overrides)

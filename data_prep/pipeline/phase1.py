@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ from ..sources import JsonlSource, ParquetSource, TreeSource, embedded_roots
 from ..sources.errors import resolve_inputs
 from ..store import load_pickle, write_pickle, write_text
 from ..tokenizer import Tokenizer, copy_tokenizer, train_tokenizer
-from .config import Phase1Config, dump
+from .config import UNSTAMPED_KEYS, Phase1Config, dump
 from .manifest import build_manifest, phase1_funnel, render_funnel
 from .run import PipelineRun
 
@@ -101,21 +100,13 @@ def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, ou
 class Phase1(PipelineRun):
     name = "phase1"
 
-    def __init__(self, cfg: Phase1Config, *, comm=None, restart: bool = False, progress: bool = True):
-        super().__init__(cfg, comm=comm, progress=progress)
+    def __init__(self, cfg: Phase1Config, *, comm=None, restart: bool = False, progress: bool = True,
+                 config_file=None):
+        super().__init__(cfg, comm=comm, progress=progress, config_file=config_file)
         self.check_work_dir(restart)
 
     def _check_work_dir(self, restart: bool) -> None:
-        stamp = self.work / "config.yaml"
-        text = dump(self.cfg)
-        if stamp.exists() and stamp.read_text() != text:
-            if not restart:
-                raise RuntimeError(
-                    f"{self.work} holds a run with a different configuration ({stamp}); start over "
-                    "with --restart (deletes the intermediate results) or give another output")
-        if restart and self.work.exists():
-            shutil.rmtree(self.work)
-        write_text(stamp, text)
+        self.write_stamp(self.work / "config.yaml", dump(self.cfg), restart, ignore=UNSTAMPED_KEYS)
 
     # ------------------------------------------------------------------ stages
     def run(self) -> dict | None:

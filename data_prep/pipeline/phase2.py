@@ -15,18 +15,15 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
-
-from snowtrain.config import ConfigError
 
 from ..comm import local_rank, local_size
 from ..dataset_files import PhaseOutput
 from ..indexed import IndexedDatasetWriter, read_index
 from ..store import load_pickle, write_bytes, write_pickle, write_text
-from .phase2_config import Phase2Config, dump, encoder_folder
+from .phase2_config import RESUMABLE_KEYS, Phase2Config, dump, encoder_folder
 from .phase2_output import finish
 from .phase2_select import language_targets, select_top
 from .phase2_train import prepare_head
@@ -46,8 +43,9 @@ def list_units(phase_output: PhaseOutput, docs_per_unit: int) -> list[Unit]:
 class Phase2(PipelineRun):
     name = "phase2"
 
-    def __init__(self, cfg: Phase2Config, *, comm=None, restart: bool = False, progress: bool = True):
-        super().__init__(cfg, comm=comm, progress=progress)
+    def __init__(self, cfg: Phase2Config, *, comm=None, restart: bool = False, progress: bool = True,
+                 config_file=None):
+        super().__init__(cfg, comm=comm, progress=progress, config_file=config_file)
         self.input = PhaseOutput(cfg.input)
         self.encoder = None
         self.check_work_dir(restart)
@@ -55,17 +53,10 @@ class Phase2(PipelineRun):
     def _check_work_dir(self, restart: bool) -> None:
         # The stamp leaves out what does not change the scores (the target, threads): a run may
         # change those and re-select from its saved scores.
-        stamp, text = self.work / "config.yaml", dump(self.cfg, scoring_only=True)
-        if stamp.exists() and stamp.read_text() != text and not restart:
-            raise ConfigError(
-                f"{self.work} holds a run with a different configuration", file=stamp,
-                fix="start over with --restart (deletes the scores and the trained head) or give "
-                    "another output (the targets may change without a restart)")
-        if restart:
-            for folder in (self.work, self.out / "annotator"):
-                if folder.exists():
-                    shutil.rmtree(folder)
-        write_text(stamp, text)
+        self.write_stamp(self.work / "config.yaml", dump(self.cfg, scoring_only=True), restart,
+                         ignore=RESUMABLE_KEYS, clear=[self.out / "annotator"],
+                         discards="the scores and the trained head; the targets may change "
+                                  "without a restart")
 
     # ------------------------------------------------------------------ helpers
     def _load_encoder(self):

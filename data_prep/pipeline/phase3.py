@@ -108,18 +108,8 @@ class Phase3(PipelineRun):
         self.check_work_dir(restart)
 
     def _check_work_dir(self, restart: bool) -> None:
-        stamp, text = self.work / "config.yaml", generation_stamp(self.cfg)
-        if restart and self.work.exists():
-            shutil.rmtree(self.work)
-        if stamp.exists() and stamp.read_text() != text:
-            old, new = yaml.safe_load(stamp.read_text()), yaml.safe_load(text)
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ConfigError(
-                f"{self.work} holds answers requested with other values of {', '.join(changed)}",
-                file=self.config_file, key=changed[0] if changed else "",
-                fix="run with --restart to request everything "
-                "again (deletes the saved answers), or give another output / work_dir")
-        write_text(stamp, text)
+        self.write_stamp(self.work / "config.yaml", generation_stamp(self.cfg), restart,
+                         discards="the saved answers: everything is requested again")
         post = self.post / "config.yaml"
         if post.exists() and post.read_text() != post_stamp(self.cfg):
             self.log("the checks after generation changed: redoing them from the saved answers")

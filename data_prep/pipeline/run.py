@@ -2,26 +2,39 @@
 stamp check, logging, progress bars, the units a rank owns and stage timings."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
+import yaml
+
+from snowtrain.config import ConfigError
 from snowtrain.progress import progress_bar
 
 from ..comm import world
-from ..store import write_pickle
+from ..store import write_pickle, write_text
 
 
 class PipelineRun:
     name = "data-prep"
 
-    def __init__(self, cfg, *, comm=None, progress: bool = True):
+    def __init__(self, cfg, *, comm=None, progress: bool = True, config_file=None):
         self.cfg = cfg
+        self.config_file = config_file
         self.comm = comm or world()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.out = Path(cfg.output)
         self.work = Path(cfg.work_dir) if cfg.work_dir else self.out / ".work"
         self.progress = progress and self.rank == 0
         self.timings: dict[str, float] = {}
+        output, input_ = Path(cfg.output).resolve(), getattr(cfg, "input", None)
+        if input_ is not None:
+            input_ = Path(input_).resolve()
+            if output == input_ or input_ in output.parents or output in input_.parents:
+                raise ConfigError(
+                    f"output {cfg.output} is {'the same folder as' if output == input_ else 'nested with'}"
+                    f" input {cfg.input}: the run would overwrite what it reads", file=config_file,
+                    key="output", fix="give an output folder outside the input folder")
 
     def check_work_dir(self, restart: bool) -> None:
         """Runs the phase's _check_work_dir on rank 0; every rank raises its error, so none
@@ -38,6 +51,34 @@ class PipelineRun:
 
     def _check_work_dir(self, restart: bool) -> None:
         raise NotImplementedError
+
+    def write_stamp(self, stamp: Path, text: str, restart: bool, *, ignore=(), clear=(),
+                    discards: str = "the intermediate results") -> None:
+        """Writes the run stamp `text` (YAML) to `stamp`; --restart first deletes the work folder
+        and `clear`. An earlier stamp that differs is replaced while the work folder holds nothing
+        else yet; otherwise the keys that differ, less the top-level keys `ignore` (which cannot
+        change the outputs), are a ConfigError listing them (old -> new)."""
+        if restart:
+            for folder in (self.work, *clear):
+                if folder.exists():
+                    shutil.rmtree(folder)
+        elif stamp.exists() and stamp.read_text() != text and self._has_work(clear):
+            old, new = (_flat({k: v for k, v in (yaml.safe_load(t) or {}).items() if k not in ignore})
+                        for t in (stamp.read_text(), text))
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            if changed:
+                raise ConfigError(
+                    f"{self.work} holds a run with other values of " + "; ".join(
+                        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
+                    file=self.config_file, key=changed[0],
+                    fix=f"undo the change, start over with --restart (deletes {discards}) or give "
+                        "another output / work_dir")
+        write_text(stamp, text)
+
+    def _has_work(self, clear=()) -> bool:
+        """Whether the work folder (or `clear`) holds anything but run stamps (config.yaml)."""
+        return any(p.is_file() and p.name != "config.yaml"
+                   for folder in (self.work, *clear) for p in folder.rglob("*"))
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -79,3 +120,16 @@ class PipelineRun:
                     merged[kind].update(part[kind])
             write_pickle(done, {k: dict(sorted(v.items())) for k, v in merged.items()})
         self.comm.barrier()
+
+
+def _flat(d, prefix: str = "") -> dict:
+    """{dotted key: value} of nested dicts and lists of dicts (sources.0.paths, as --set names them)."""
+    items = d.items() if isinstance(d, dict) else enumerate(d)
+    out = {}
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, dict) for x in v)):
+            out.update(_flat(v, key + ".") if v else {key: v})
+        else:
+            out[key] = v
+    return out

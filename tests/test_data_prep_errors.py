@@ -1,0 +1,94 @@
+"""data-prep's answers to user mistakes: a clear ConfigError (exit 2) naming the file, key and
+what to do, found before hours of work; nothing lost or half-written."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from snowtrain.config import ConfigError
+from data_prep.pipeline import Phase1, load_phase1_config
+from data_prep.sources import SourceError
+
+BIN = Path(sys.executable).parent
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _phase1_cfg(tmp_path, **extra) -> Path:
+    shard = _jsonl(tmp_path / "shard.jsonl", [{"content": f"x = {i}\n", "path": f"r/m{i}.py",
+                                               "repo": "r"} for i in range(3)])
+    cfg = {"output": str(tmp_path / "o"), "sources": [{"type": "jsonl", "paths": [str(shard)]}],
+           "buckets": 2, "funnel_png": False, **extra}
+    path = tmp_path / "p1.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([str(BIN / "data-prep"), *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- the run stamp
+
+def test_failed_run_does_not_block_its_corrected_rerun(tmp_path):
+    cfg = _phase1_cfg(tmp_path)
+    bad = load_phase1_config(cfg, [f'sources.0.paths=["{tmp_path}/*.jsnol"]'])
+    with pytest.raises(SourceError, match="jsnol"):
+        Phase1(bad, progress=False).run()
+    work = tmp_path / "o" / ".work"
+    assert (work / "config.yaml").exists()
+    Phase1(load_phase1_config(cfg), progress=False)          # nothing done yet: replaced
+    assert "jsnol" not in (work / "config.yaml").read_text()
+
+
+def test_changed_config_after_work_names_the_keys(tmp_path):
+    cfg = _phase1_cfg(tmp_path)
+    Phase1(load_phase1_config(cfg), progress=False)
+    work = tmp_path / "o" / ".work"
+    (work / "read").mkdir()
+    (work / "read" / "u000000.json").write_text("{}")        # a finished unit
+    # keys that cannot change the outputs
+    Phase1(load_phase1_config(cfg, ["workers=3", "funnel_png=true"]), progress=False)
+    with pytest.raises(ConfigError) as e:
+        Phase1(load_phase1_config(cfg, ["languages=[python]", "buckets=3"]), progress=False,
+               config_file=cfg)
+    msg = str(e.value)
+    assert "buckets: 2 -> 3" in msg and "languages: None -> ['python']" in msg
+    assert "--restart" in msg and str(cfg) in msg
+    assert (work / "read" / "u000000.json").exists()
+    Phase1(load_phase1_config(cfg, ["buckets=3"]), progress=False, restart=True)
+    assert not (work / "read").exists()
+
+
+def test_cli_changed_config_is_exit_2(tmp_path):
+    cfg = _phase1_cfg(tmp_path)
+    Phase1(load_phase1_config(cfg), progress=False)
+    (tmp_path / "o" / ".work" / "dedup.pkl").write_bytes(b"x")
+    r = _cli("phase1", "--config", cfg, "--set", "max_file_bytes=1000")
+    assert r.returncode == 2 and "max_file_bytes: 1048576 -> 1000" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- output vs input
+
+def test_output_inside_input_is_refused(tmp_path):
+    from data_prep.pipeline.run import PipelineRun
+
+    class Cfg:
+        work_dir = None
+
+        def __init__(self, input, output):
+            self.input, self.output = str(input), str(output)
+
+    inp = tmp_path / "p1"
+    for out in (inp, inp / "p2", tmp_path):
+        with pytest.raises(ConfigError, match="(?s)output.*input"):
+            PipelineRun(Cfg(inp, out))
+    PipelineRun(Cfg(inp, tmp_path / "p2"))
