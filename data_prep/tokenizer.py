@@ -119,7 +119,11 @@ class Tokenizer:
         if not self.path.is_file():
             raise FileNotFoundError(f"tokenizer model {self.path} not found; train one with "
                                     "data-prep phase1 or pass the right path")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except RuntimeError as e:   # sentencepiece's "could not parse ModelProto"
+            raise ValueError(f"{self.path} is not a sentencepiece model ({e}); give the "
+                             "tokenizer.model a data-prep run wrote") from None
         ids = {name: self.sp.piece_to_id(piece) for name, piece in
                [("pad", PAD), ("unk", UNK), ("eod", EOD), ("repo_name", REPO_NAME),
                 ("file_sep", FILE_SEP), *[(p.strip("<>"), p) for p in FIM]]}

@@ -92,3 +92,30 @@ def test_output_inside_input_is_refused(tmp_path):
         with pytest.raises(ConfigError, match="(?s)output.*input"):
             PipelineRun(Cfg(inp, out))
     PipelineRun(Cfg(inp, tmp_path / "p2"))
+
+
+# ----------------------------------------------------------------------------- files checked at load
+
+@pytest.mark.parametrize("case", ["missing", "not_sentencepiece"])
+def test_tokenizer_model_is_checked_when_the_config_is_loaded(tmp_path, case):
+    model = tmp_path / "tokenizer.model"
+    if case == "not_sentencepiece":
+        model.write_text("not a model\n")
+    cfg = _phase1_cfg(tmp_path, tokenizer={"model": str(model)})
+    with pytest.raises(ConfigError, match=f"(?s)key 'tokenizer.model'.*{model}"):
+        load_phase1_config(cfg)
+    r = _cli("phase1", "--config", cfg)
+    assert r.returncode == 2 and "tokenizer.model" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content", [None, "{not json\n", '{"task_id": "t1"}\n'])
+def test_benchmark_files_are_checked_when_the_config_is_loaded(tmp_path, content):
+    bench = tmp_path / "bench.jsonl"
+    if content is not None:
+        bench.write_text(content)
+    cfg = _phase1_cfg(tmp_path, decontamination={"options": {"humaneval": False,
+                                                             "benchmarks": [str(bench)]}})
+    with pytest.raises(ConfigError, match=r"(?s)decontamination.options.benchmarks\[0\].*bench.jsonl"):
+        load_phase1_config(cfg)
+    load_phase1_config(cfg, ["decontamination.enabled=false"])

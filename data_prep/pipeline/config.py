@@ -105,6 +105,13 @@ def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config
         s.paths = [resolve_path(p, f"sources[{i}].paths", path) for p in s.paths]
     if cfg.tokenizer.model:
         cfg.tokenizer.model = resolve_path(cfg.tokenizer.model, "tokenizer.model", path)
+        from ..tokenizer import Tokenizer
+        try:
+            Tokenizer(cfg.tokenizer.model)
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(e), file=path, key="tokenizer.model",
+                              fix="give the tokenizer.model a data-prep run wrote (with "
+                                  "special_tokens.json beside it), or null to train one") from None
     if cfg.buckets < 1:
         raise ConfigError("buckets must be >= 1", file=path, key="buckets", fix="use e.g. 64")
     _check_section(cfg, path)
@@ -124,6 +131,19 @@ def _check_section(cfg: Phase1Config, path) -> None:
             fn()
         except (ValueError, TypeError) as e:
             raise ConfigError(str(e), file=path, key=key, fix="fix or remove the key") from None
+    if cfg.decontamination.enabled:      # read now, not after hours of reading and dedup
+        from ..decontam import BenchmarkError, humaneval_path, load_benchmark_file
+        dc = DecontamConfig.from_dict(cfg.decontamination.options)
+        checks = [("decontamination.options.humaneval", humaneval_path)] if dc.humaneval else []
+        checks += [(f"decontamination.options.benchmarks[{i}]", lambda b=b: load_benchmark_file(b))
+                   for i, b in enumerate(dc.benchmarks)]
+        for key, fn in checks:
+            try:
+                fn()
+            except BenchmarkError as e:
+                raise ConfigError(str(e), file=path, key=key,
+                                  fix="fix the path or the file (JSON Lines with task_id and "
+                                      "prompt/solution/test), or remove it") from None
 
 
 def dump(cfg: Phase1Config) -> str:
