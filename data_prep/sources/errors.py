@@ -47,6 +47,16 @@ def check_mapping(mapping, defaults: dict, option: str) -> dict:
     return out
 
 
+def check_languages(languages) -> set[str] | None:
+    """The languages to keep (our names), or None for all; ValueError for an unknown name."""
+    from ..records import LANGUAGES
+    for lang in languages or ():
+        if lang not in LANGUAGES:
+            raise ValueError(f"unknown language '{lang}'{suggest(str(lang), LANGUAGES)}; "
+                             f"choose from {', '.join(LANGUAGES)}")
+    return set(languages) if languages else None
+
+
 def resolve_inputs(paths_or_globs, suffixes: tuple[str, ...], what: str) -> list[Path]:
     """Files named by paths, glob patterns or folders (searched recursively for `suffixes`),
     deduplicated and sorted. A path that does not exist, or a pattern or folder that matches

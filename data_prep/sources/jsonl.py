@@ -21,8 +21,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from ..records import LANGUAGES, Record
-from .errors import MAPPING_KEYS, Problem, SourceError, check_mapping, resolve_inputs
+from ..records import Record
+from .errors import (MAPPING_KEYS, Problem, SourceError, check_languages, check_mapping,
+                     resolve_inputs)
 from .parquet import MAX_PROBLEMS, as_licenses, as_stars, content_too_large, language_from
 
 JSONL_FIELDS = {k: k for k in MAPPING_KEYS}
@@ -36,11 +37,7 @@ class JsonlSource:
         self.fields = check_mapping(fields, JSONL_FIELDS, "fields")
         self.files = resolve_inputs(paths_or_globs, (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"),
                                     "JSONL")
-        self.languages = set(languages) if languages else None
-        if self.languages:
-            unknown = self.languages - set(LANGUAGES)
-            if unknown:
-                raise ValueError(f"unknown languages {sorted(unknown)}; choose from {LANGUAGES}")
+        self.languages = check_languages(languages)
         self.max_file_bytes = max_file_bytes
         self.dropped: Counter = Counter()
         self.read = 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..records import LANGUAGES, Record, language_of
-from .errors import Problem, SourceError, check_mapping, resolve_inputs
+from .errors import Problem, SourceError, check_languages, check_mapping, resolve_inputs
 
 STACK_V1_COLUMNS = {
     "content": "content", "lang": "lang", "ext": "ext", "repo": "max_stars_repo_name",
@@ -95,11 +95,7 @@ class ParquetSource:
                  max_file_bytes: int = 1 << 20, batch_size: int = 512):
         self.columns = check_mapping(columns, STACK_V1_COLUMNS, "columns")
         self.files = resolve_inputs(paths_or_globs, (".parquet", ".parq"), "parquet")
-        self.languages = set(languages) if languages else None
-        if self.languages:
-            unknown = self.languages - _OUR_LANGUAGES
-            if unknown:
-                raise ValueError(f"unknown languages {sorted(unknown)}; choose from {LANGUAGES}")
+        self.languages = check_languages(languages)
         self.max_file_bytes = max_file_bytes
         self.batch_size = batch_size
         self.dropped: Counter = Counter()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..records import Record, language_of
+from .errors import check_languages
 
 SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", "node_modules", "site-packages", "dist-packages"}
 
@@ -50,7 +51,7 @@ class TreeSource:
             if not r.is_dir():
                 raise FileNotFoundError(f"source folder {r} does not exist; give a folder whose "
                                         "top-level subfolders are repositories")
-        self.languages = set(languages) if languages else None
+        self.languages = check_languages(languages)
         self.max_file_bytes = max_file_bytes
         self.sample_fraction = sample_fraction
         self.max_total_bytes = max_total_bytes
