@@ -141,3 +141,23 @@ def test_parquet_source_languages_typo_suggests(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
     with pytest.raises(ValueError, match="did you mean 'python'"):
         ParquetSource([tmp_path / "x.parquet"], languages=["pyhton"])
+
+
+# ----------------------------------------------------------------------------- nothing kept
+
+def test_nothing_kept_is_exit_2_naming_the_drop_reasons(tmp_path):
+    cfg = _phase1_cfg(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        Phase1(load_phase1_config(cfg, ["languages=[java]"]), progress=False).run()
+    assert "key 'languages'" in str(e.value) and "other_language 3" in str(e.value)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    # the corrected config is not blocked by the empty results
+    Phase1(load_phase1_config(cfg), progress=False)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": ["x = 1\n", "y = 2\n"]}), tmp_path / "s.parquet")
+    r = _cli("phase1", "--config", cfg, "--set", f'sources.0.paths=["{tmp_path}/s.parquet"]',
+             "--set", "sources.0.type=parquet", "--set", "sources.0.columns.content=text")
+    assert r.returncode == 2 and "unknown_language 2" in r.stderr, r.stderr
+    assert "columns.lang" in r.stderr and "Traceback" not in r.stderr

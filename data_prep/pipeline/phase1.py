@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from snowtrain.config import ConfigError
 
 from ..comm import local_size
 from ..grouping import repository_documents
@@ -29,6 +31,10 @@ from ..tokenizer import Tokenizer, copy_tokenizer, train_tokenizer
 from .config import UNSTAMPED_KEYS, Phase1Config, dump
 from .manifest import build_manifest, phase1_funnel, render_funnel
 from .run import PipelineRun
+
+# The config key behind a drop reason, for the error when nothing is kept.
+KEPT_KEYS = {"unknown_language": "sources[i].columns.lang", "other_language": "languages",
+             "too_large": "max_file_bytes"}
 
 STAGES = ("read", "filter", "exact_dedup", "near_dedup", "decontaminate", "group", "tokenize")
 
@@ -114,6 +120,7 @@ class Phase1(PipelineRun):
         self.log(f"{len(units)} input units on {self.size} rank(s)")
         self.timed("read_filter", lambda: self.read_filter(units))
         self.comm.barrier()
+        self.check_kept(len(units))
         self.timed("dedup", lambda: self.dedup(len(units)))
         self.timed("decontaminate", lambda: self.decontaminate(len(units)))
         self.comm.barrier()
@@ -148,6 +155,32 @@ class Phase1(PipelineRun):
                     for f in futures:
                         f.result()
                         bar.update()
+
+    def check_kept(self, n_units: int) -> None:
+        """Nothing kept by reading and filtering is a ConfigError naming the drop reasons; the
+        unit results, all empty, go, so that the corrected config runs without --restart."""
+        error = None
+        if self.rank == 0:
+            units = [json.loads(self._unit_path("read", i).with_suffix(".json").read_text())
+                     for i in range(n_units)]
+            if not any(c["kept"] for u in units for c in u["filter"].values()):
+                dropped = Counter()
+                for u in units:
+                    dropped.update(u["source_dropped"])
+                    for c in u["filter"].values():
+                        dropped.update(c["dropped"])
+                shutil.rmtree(self.work / "read")
+                top = dropped.most_common(1)[0][0] if dropped else ""
+                error = ConfigError(
+                    f"nothing kept of the {sum(u['read'] for u in units)} records read; dropped: "
+                    + (", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "none"),
+                    file=self.config_file, key=KEPT_KEYS.get(top, "filters"),
+                    fix="check sources[i].columns.lang / ext / path (a record's language comes from "
+                        "them: unknown_language), languages (other_language), filters and "
+                        "max_file_bytes; the drop reasons above say which")
+        error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise error
 
     def _my_records(self, n_units: int) -> list[Record]:
         recs = []
