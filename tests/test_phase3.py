@@ -127,12 +127,15 @@ class ScriptedLLM(ThreadingHTTPServer):
     """An OpenAI-compatible server whose answers depend only on the seed it is shown.
 
     action(lang, key) -> what to do; `final` logs, per answered request, (key, lang, kind, text)
-    for every response that ends a request (not those the client retries)."""
+    for every response that ends a request (not those the client retries). `models`: the only
+    models served (others get vLLM's 404), listed by GET /v1/models when `listed`; None: any
+    model, and no list."""
     daemon_threads = True
 
-    def __init__(self, action, *, delay: float = 0.0):
+    def __init__(self, action, *, delay: float = 0.0, models=None, listed: bool = True):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.action, self.delay = action, delay
+        self.models, self.listed = models, listed
         self.lock = threading.Lock()
         self.requests = 0
         self.per_key: Counter = Counter()
@@ -169,6 +172,8 @@ class ScriptedLLM(ThreadingHTTPServer):
             n = self.per_key[key]
             self.times[key].append(time.monotonic())
             self.auth.add(auth)
+        if self.models is not None and body["model"] not in self.models:
+            return 404, {"error": {"message": f"The model `{body['model']}` does not exist."}}, {}
         time.sleep(self.delay)
         act = self.action(lang, key)
         if act == "slow_once" and n == 1:
@@ -219,6 +224,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}.items():
             self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        server = self.server
+        if self.path == "/v1/models" and server.models is not None and server.listed:
+            status, payload = 200, {"object": "list", "data": [{"id": m, "object": "model"}
+                                                               for m in server.models]}
+        else:
+            status, payload = 404, {"detail": "Not Found"}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
@@ -431,6 +450,58 @@ def test_too_many_errors_fail_then_the_rerun_requests_only_those(seeds_dir, tmp_
         assert server.requests - before == failed + 80 - len(saved)
         m = json.loads((tmp_path / "out" / "manifest.json").read_text())
         assert m["totals"]["kept"] == 80 and m["totals"]["failed_requests"] == 0
+    finally:
+        server.close()
+
+
+def test_endpoint_is_checked_before_any_request(seeds_dir, tmp_path):
+    """GET /models once: a base URL without its /v1 is completed; a model the server does not
+    serve is a config error naming those it does, before any request."""
+    server = ScriptedLLM(stateless, models=["teacher"])
+    try:
+        bare = server.url.removesuffix("/v1")
+        cfg = write_config(tmp_path / "c.yaml", seeds_dir, tmp_path / "out", bare, num_seeds=8,
+                           max_error_fraction=0.5)
+        r = cli(cfg, "--set", "endpoint.model=teachr")
+        assert r.returncode == 2, r.stderr
+        assert "endpoint.model" in r.stderr and "'teachr'" in r.stderr, r.stderr
+        assert "serves 'teacher'" in r.stderr and "did you mean 'teacher'" in r.stderr, r.stderr
+        assert server.requests == 0
+        r = cli(cfg)
+        assert r.returncode == 0, r.stderr
+        assert f"using {server.url}" in r.stdout, r.stdout
+        assert server.requests == 8
+        assert json.loads((tmp_path / "out" / "manifest.json").read_text())["totals"]["requested"] == 8
+    finally:
+        server.close()
+
+
+def test_failed_requests_are_all_counted_and_a_run_without_answers_allows_a_fix(seeds_dir, tmp_path):
+    """A server that does not list its models and refuses the model: every failed request of the
+    run is counted (also those of a unit left unfinished by the stop), the stop says after how
+    many and the limit; the saved units hold no answer, so the corrected model is not refused."""
+    server = ScriptedLLM(lambda lang, key: "ok", models=["teacher"], listed=False)
+    try:
+        cfg = write_config(tmp_path / "c.yaml", seeds_dir, tmp_path / "out", server.url,
+                           num_seeds=16, endpoint={"model": "teachr", "concurrency": 1},
+                           max_error_fraction=0.5)
+        r = cli(cfg)
+        assert r.returncode == 1, r.stderr
+        assert "9 of the 9 requests this run sent" in r.stderr, r.stderr
+        assert "at most 8 of the 16 seeds" in r.stderr, r.stderr
+        assert "stopped early after 9 failed requests, more than the 8 allowed" in r.stderr, r.stderr
+        assert "The model `teachr` does not exist" in r.stderr
+        saved = gen_answers(tmp_path / "out")
+        assert len(saved) == 8 and all(a["error"] is not None for a in saved)
+        r = cli(cfg, "--set", "endpoint.model=teacher")
+        assert r.returncode == 0, r.stderr
+        assert "holds no answer from the earlier run" in r.stdout, r.stdout
+        m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+        assert m["totals"]["requested"] == 16 and m["totals"]["failed_requests"] == 0
+        assert server.requests == 9 + 16
+        r = cli(cfg, "--set", "endpoint.model=teacher2")    # answers saved now: refused
+        assert r.returncode == 2 and "endpoint.model" in r.stderr and "--restart" in r.stderr
+        assert server.requests == 9 + 16
     finally:
         server.close()
 

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from snowtrain.config import ConfigError
+from snowtrain.config import ConfigError, suggest
 
 from ..comm import local_size
 from ..dataset_files import PhaseOutput
 from ..indexed import merge_datasets
 from ..store import atomic_writer, load_pickle, write_bytes, write_pickle, write_text
 from ..synth.answers import answer_file
-from ..synth.client import Endpoint, EndpointError, Reply
+from ..synth.client import Endpoint, EndpointAuthError, EndpointError, Reply, served_models
 from ..synth.prompts import EXTENSIONS, render, seed_values
 from ..synth.runner import RequestRunner
 from ..synth.seeds import Seed, draw_seed, file_spans, language_tokens, seed_counts
@@ -106,6 +106,39 @@ class Phase3(PipelineRun):
         self._spans: dict[str, np.ndarray] = {}
         self._orders: dict[str, dict] = {}
         self.check_work_dir(restart)
+
+    def check_work_dir(self, restart: bool) -> None:
+        """The stamp check, after forgetting an earlier generation that saved no answer."""
+        error = None
+        if self.rank == 0 and not restart:
+            try:
+                self._forget_unanswered()
+            except OSError as e:    # re-raised on every rank below
+                error = e
+        error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise error
+        super().check_work_dir(restart)
+
+    def _forget_unanswered(self) -> None:
+        """A work folder stamped with other values of what decides the answers (endpoint.model,
+        say) but holding no answer (every request failed) keeps nothing worth keeping: its
+        generation state goes and the new values are stamped, so that the corrected run is not
+        refused. With a saved answer the stamp check refuses the change as before."""
+        stamp, text = self.work / "config.yaml", generation_stamp(self.cfg)
+        if not stamp.exists() or stamp.read_text() == text:
+            return
+        if any(a["error"] is None for p in (self.work / "gen").glob("u*.jsonl") for a in _read_jsonl(p)):
+            return
+        old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(text)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        self.log(f"{self.work} holds no answer from the earlier run (every request failed): "
+                 f"starting its generation afresh with the new {', '.join(changed)}")
+        for name in ("gen", "spans", "post"):
+            shutil.rmtree(self.work / name, ignore_errors=True)
+        for name in ("plan.json", "generated.json"):
+            (self.work / name).unlink(missing_ok=True)
+        write_text(stamp, text)
 
     def _check_work_dir(self, restart: bool) -> None:
         self.write_stamp(self.work / "config.yaml", generation_stamp(self.cfg), restart,
@@ -211,10 +244,32 @@ class Phase3(PipelineRun):
     def _gen_path(self, u: int) -> Path:
         return self.work / "gen" / f"u{u:06d}.jsonl"
 
-    def endpoint(self) -> Endpoint:
+    def endpoint(self, base_url: str | None = None) -> Endpoint:
         e = self.cfg.endpoint
-        return Endpoint(e.base_url, e.api, api_key=self.cfg.api_key(), timeout_s=e.timeout_s,
+        return Endpoint(base_url or e.base_url, e.api, api_key=self.cfg.api_key(), timeout_s=e.timeout_s,
                         retries=e.retries, backoff_s=e.backoff_s, max_backoff_s=e.max_backoff_s)
+
+    def check_endpoint(self, endpoint: Endpoint) -> str:
+        """Lists the server's models once before any request: the root to use (base_url, or
+        base_url + /v1 when the URL lacks it and only that answers); a model the server does
+        not list is a ConfigError naming those it serves."""
+        e = self.cfg.endpoint
+        try:
+            root, names = served_models(endpoint.base_url, self.cfg.api_key(), min(e.timeout_s, 30.0))
+        except EndpointAuthError as err:
+            raise ConfigError(f"{err}: the server refuses the API key", file=self.config_file,
+                              key="endpoint.api_key_env",
+                              fix="export the right key in the variable endpoint.api_key_env names") from None
+        if root != endpoint.base_url:
+            self.log(f"{endpoint.base_url}/models does not answer but {root}/models does: using "
+                     f"{root} (write it as endpoint.base_url to silence this)")
+        if names is not None and e.model not in names:
+            raise ConfigError(
+                f"{root} does not serve model '{e.model}'; it serves "
+                f"{', '.join(repr(n) for n in names) or 'no model'}", file=self.config_file,
+                key="endpoint.model",
+                fix="set endpoint.model to one of the served models" + suggest(e.model, names))
+        return root
 
     def generate(self, plan: Plan) -> None:
         gate = self.work / "generated.json"
@@ -233,15 +288,17 @@ class Phase3(PipelineRun):
         n_requests = sum(x is None for answers in todo.values() for x in answers)
         endpoint = self.endpoint()
         if any(self.comm.allgather(n_requests > 0)):
-            problem = None
+            problem = root = None
             if self.rank == 0:
                 try:
                     endpoint.check_reachable()
-                except EndpointError as e:
-                    problem = str(e)
-            problem = self.comm.bcast(problem, root=0)
-            if problem:
-                raise EndpointError(problem)
+                    root = self.check_endpoint(endpoint)
+                except (EndpointError, ConfigError) as e:
+                    problem = e
+            problem, root = self.comm.bcast((problem, root), root=0)
+            if problem is not None:
+                raise problem
+            endpoint = self.endpoint(root)
         self._pending_seeds: dict[int, list[Seed]] = {}
         mine_total = sum(len(plan.unit_seeds(u)) for u in self.mine(plan.num_units))
         with self.bar(n_requests, "requests", unit="req") as bar:
@@ -249,7 +306,7 @@ class Phase3(PipelineRun):
                                    max_errors=self.cfg.max_error_fraction * mine_total,
                                    max_consecutive_errors=self.cfg.max_consecutive_errors, bar=bar)
             stats = runner.run(self._jobs(plan, todo), lambda key, reply: self._answered(todo, key, reply))
-        self._close_generation(plan, stats)
+        self._close_generation(plan, stats, endpoint.base_url)
 
     def _jobs(self, plan: Plan, todo: dict[int, list]):
         for u in sorted(todo):
@@ -266,7 +323,7 @@ class Phase3(PipelineRun):
             write_text(self._gen_path(u), _jsonl(todo[u]))
             del todo[u], self._pending_seeds[u]
 
-    def _close_generation(self, plan: Plan, stats) -> None:
+    def _close_generation(self, plan: Plan, stats, url: str) -> None:
         """Fails the run when too many requests failed; else the answers become final."""
         errors = missing = 0
         for u in self.mine(plan.num_units):
@@ -276,18 +333,24 @@ class Phase3(PipelineRun):
             else:
                 missing += len(plan.unit_seeds(u))
         parts = self.comm.allgather({"errors": errors, "missing": missing, "stopped": stats.stopped,
-                                     "first_errors": stats.first_errors})
+                                     "first_errors": stats.first_errors, "sent": stats.requests,
+                                     "failed": stats.errors})
         errors = sum(p["errors"] for p in parts)
         missing = sum(p["missing"] for p in parts)
+        sent, failed = sum(p["sent"] for p in parts), sum(p["failed"] for p in parts)
         stopped = next((p["stopped"] for p in parts if p["stopped"]), None)
-        examples = [e for p in parts for e in p["first_errors"]][:3]
+        examples = [e.rstrip(".") for p in parts for e in p["first_errors"]][:3]
         total = plan.num_seeds
         if missing or errors > self.cfg.max_error_fraction * total:
             e = self.cfg.endpoint
-            what = (f"{errors} of {total} requests to {e.base_url} failed after their retries "
-                    f"({errors / total:.1%}, max_error_fraction {self.cfg.max_error_fraction})")
+            f = self.cfg.max_error_fraction
+            what = (f"{failed} of the {sent} requests this run sent to {url} failed after "
+                    f"their retries (max_error_fraction {f}: at most {math.floor(f * total)} of the "
+                    f"{total} seeds may fail)")
             if stopped:
-                what += f"; stopped early ({stopped}), {missing} seeds not requested"
+                what += (f"; stopped early {stopped}"
+                         + (f" per rank ({self.size} ranks)" if self.size > 1 else "")
+                         + f", {missing} seeds left in unfinished units")
             raise Phase3Failed(
                 f"{what}. First errors: {' | '.join(examples) or 'none this run'}. "
                 f"The answers received are kept in {self.work}: check that the server at "

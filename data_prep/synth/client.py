@@ -1,7 +1,8 @@
 """A small client for OpenAI-compatible servers (vLLM, TGI, snowtrain serve, hosted APIs), on the
 standard library only.
 
-One POST per request to `{base_url}/chat/completions` or `{base_url}/completions`. Connection
+One POST per request to `{base_url}/chat/completions` or `{base_url}/completions`;
+`served_models` reads `{base_url}/models` once before (finding a missing `/v1`). Connection
 errors, timeouts, 429 and 5xx are retried with exponential backoff and jitter (a Retry-After
 header is honoured); any other 4xx is final, and its error carries the server's message. The
 API key is read from an environment variable at start and lives only in request headers.
@@ -25,6 +26,10 @@ RETRY_STATUS = frozenset({408, 425, 429})   # besides every 5xx
 
 class EndpointError(RuntimeError):
     """The endpoint cannot be used at all (not reachable)."""
+
+
+class EndpointAuthError(EndpointError):
+    """The server refused the API key (HTTP 401 or 403)."""
 
 
 @dataclass
@@ -65,6 +70,41 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, when.timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _get_models(url: str, headers: dict, timeout_s: float) -> list[str] | None:
+    """The model ids a GET of `url` lists (OpenAI's {"data": [{"id": ...}]}); None: no such list."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as r:
+            data = json.loads(r.read())
+        return [str(m["id"]) for m in data["data"]]
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise EndpointAuthError(f"HTTP {e.code} from {url}: {_server_message(e.read() or b'')}") from None
+        return None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        raise EndpointError(f"cannot list the models at {url} "
+                            f"({getattr(e, 'reason', None) or e})") from None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def served_models(base_url: str, api_key: str | None = None,
+                  timeout_s: float = 30.0) -> tuple[str, list[str] | None]:
+    """(root, models): the OpenAI-compatible root, which is `base_url`, or `base_url` + '/v1'
+    when the URL was given without its /v1 and only that answers GET .../models; and the ids
+    of the models served there (None: the server lists none; its requests will tell).
+    EndpointError when the server cannot be reached, EndpointAuthError when it refuses the key."""
+    base = base_url.rstrip("/")
+    headers = {"Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    names = _get_models(f"{base}/models", headers, timeout_s)
+    if names is None and not base.endswith("/v1"):
+        names = _get_models(f"{base}/v1/models", headers, timeout_s)
+        if names is not None:
+            return f"{base}/v1", names
+    return base, names
 
 
 def _server_message(body: bytes) -> str:

@@ -3,6 +3,7 @@ the calling thread (so bookkeeping and file writes need no locks). Stops early, 
 requests waiting to retry, when too many fail."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -18,7 +19,7 @@ class RunStats:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    stopped: str | None = None          # why the run stopped early
+    stopped: str | None = None          # when and why the run stopped early
     first_errors: list[str] = field(default_factory=list)
 
 
@@ -45,9 +46,11 @@ class RequestRunner:
             if len(s.first_errors) < 3 and reply.error not in s.first_errors:
                 s.first_errors.append(reply.error)
             if self._consecutive >= self.max_consecutive:
-                s.stopped = f"{self._consecutive} requests in a row failed"
+                s.stopped = (f"after {s.errors} failed requests, the last {self._consecutive} in a "
+                             f"row (max_consecutive_errors {self.max_consecutive})")
             elif s.errors > self.max_errors:
-                s.stopped = f"over {int(self.max_errors)} requests failed"
+                s.stopped = (f"after {s.errors} failed requests, more than the "
+                             f"{math.floor(self.max_errors)} allowed")
         if self.bar is not None:
             self.bar.update()
             rate = s.completion_tokens / max(1e-9, time.time() - self._t0)
