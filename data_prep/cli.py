@@ -58,9 +58,12 @@ def main(argv=None) -> int:
         return _phase3(args)
     elif args.cmd == "tokenize":
         from snowtrain.progress import progress_bar
+        from .indexed import remove_stale_temp_files
         from .tokenize import encode_to_dataset, jsonl_texts
         from .tokenizer import Tokenizer
         try:
+            for path in remove_stale_temp_files(args.output):
+                print(f"removed {path}, left by a killed run", file=sys.stderr)
             total = sum(os.path.getsize(p) for p in args.input)
             with progress_bar(total, "tokenize", "B", unit_scale=True) as bar:
                 docs, tokens = encode_to_dataset(jsonl_texts(args.input, args.field), Tokenizer(args.tokenizer),

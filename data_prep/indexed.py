@@ -20,7 +20,9 @@ Atomicity: both files are written under temporary names beside the destination
 ``<prefix>.idx`` therefore always finds the matching, complete ``<prefix>.bin``; a writer that is
 killed leaves at most its temporary files (and, if killed in the middle of a commit, a .bin with
 no .idx), never a valid-looking half pair or a stale .idx beside a new .bin.  Temporary files of
-a killed process are not cleaned up automatically (their owner may live on another node).
+a killed process are not cleaned up automatically (their owner may live on another node);
+``data-prep tokenize``, which runs on one machine, removes those of dead processes of that
+machine when it starts (:func:`remove_stale_temp_files`).
 
 This module imports only numpy at import time; torch is used only if the caller passes tensors,
 and sentencepiece only when :func:`inspect_dataset` is asked to decode.
@@ -29,6 +31,7 @@ and sentencepiece only when :func:`inspect_dataset` is asked to decode.
 from __future__ import annotations
 
 import array
+import glob
 import os
 import secrets
 import struct
@@ -121,6 +124,30 @@ def _unlink_quiet(path: Optional[str]) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def remove_stale_temp_files(prefix: PathLike) -> list[str]:
+    """Deletes the temporary files of ``prefix`` (``<prefix>.bin.tmp.<pid>.<tag>``, .idx too) that
+    processes of this machine left when killed (their pid runs no more); returns their paths.
+    Only for writers that run on one machine: a pid names a process of this machine only."""
+    removed = []
+    base = glob.escape(os.fspath(prefix))
+    for path in glob.glob(base + ".bin.tmp.*") + glob.glob(base + ".idx.tmp.*"):
+        pid = path.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _unlink_quiet(path)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _PairFiles:

@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from itertools import chain
 from multiprocessing import get_context
 from pathlib import Path
@@ -150,15 +151,21 @@ def jsonl_texts(paths, field: str = "content") -> Iterator[str]:
     """The `field` of every line of JSONL files (.gz too); a bad line is an error naming it."""
     for path in map(Path, paths):
         opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)[field]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{n}: no '{field}' text ({type(e).__name__}: {e}); "
-                                     "fix the line or choose the field with --field") from None
-                if not isinstance(text, str):
-                    raise ValueError(f"{path}:{n}: '{field}' is a {type(text).__name__}, not text")
-                yield text
+        n = 0
+        try:
+            with opener(path, "rt", encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        text = json.loads(line)[field]
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise ValueError(f"{path}:{n}: no '{field}' text ({type(e).__name__}: {e}); "
+                                         "fix the line or choose the field with --field") from None
+                    if not isinstance(text, str):
+                        raise ValueError(f"{path}:{n}: '{field}' is a {type(text).__name__}, not text")
+                    yield text
+        except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot be read after line {n} ({type(e).__name__}: {e}); the "
+                             "file is probably truncated or corrupt (UTF-8 JSON Lines, optionally "
+                             "gzip-compressed): re-create it or leave it out") from None

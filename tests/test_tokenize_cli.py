@@ -1,6 +1,7 @@
 """`data-prep tokenize` against an independent reference: sentencepiece encoding each document
 and megatron-core's IndexedDatasetBuilder writing them, byte for byte."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,30 @@ def test_chunk_cache_falls_back_when_a_tokenizer_merges_across_spaces(tmp_path):
     plain = enc.sp.encode(texts)
     assert [list(a[:-1]) for a in got] == plain
     assert not enc.cached  # pieces span spaces: the chunk rule does not hold for this model
+
+
+def test_tokenize_cli_clear_errors_and_stale_temp_files(tmp_path):
+    import gzip
+    model = train_tokenizer(["x = 1\n" * 50, "def f(): pass\n" * 40], tmp_path / "tok", 280)
+    whole = gzip.compress("".join(json.dumps({"content": f"x = {i}\n" * 50}) + "\n"
+                                  for i in range(200)).encode())
+    (tmp_path / "docs.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    not_sp = tmp_path / "tokenizer.model"
+    not_sp.write_text("not a model\n")
+    # a temp file of a dead process (pid 2**22 + 1 is above Linux's pid_max) and of a live one
+    dead, live = tmp_path / "o.bin.tmp.4194305.abc123", tmp_path / f"o.idx.tmp.{os.getpid()}.abc123"
+    dead.write_bytes(b"x")
+    live.write_bytes(b"x")
+
+    def tokenize(tokenizer):
+        return subprocess.run([str(BIN / "data-prep"), "tokenize", "--input", str(tmp_path / "docs.jsonl.gz"),
+                               "--tokenizer", str(tokenizer), "--output", str(tmp_path / "o")],
+                              capture_output=True, text=True, timeout=120)
+
+    r = tokenize(model)
+    assert r.returncode == 2 and "docs.jsonl.gz: cannot be read" in r.stderr, r.stderr
+    assert "truncated" in r.stderr and "Traceback" not in r.stderr
+    assert not dead.exists() and live.exists() and not (tmp_path / "o.idx").exists()
+    assert not list(tmp_path.glob("o.bin.tmp.*"))
+    r = tokenize(not_sp)
+    assert r.returncode == 2 and "not a sentencepiece model" in r.stderr and "Traceback" not in r.stderr
