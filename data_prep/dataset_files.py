@@ -14,6 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
+from snowtrain.config import ConfigError
+
 from .indexed import read_index
 from .tokenizer import FILE_SEP, REPO_NAME, Tokenizer
 
@@ -44,6 +46,13 @@ class PhaseOutput:
                                     "data-prep output; run the earlier phase first")
         self.manifest = json.loads(manifest.read_text())
         self.languages = sorted(self.manifest.get("datasets") or self.manifest["languages"])
+        for lang in self.manifest.get("datasets") or ():
+            for suffix in (".idx", ".bin"):
+                if not Path(self.prefix(lang) + suffix).is_file():
+                    raise ConfigError(
+                        f"{self.prefix(lang) + suffix} is missing: {self.folder} is not a complete "
+                        "data-prep output", key="input", fix="run the phase that wrote it again "
+                        "(it resumes), or point input at a complete output folder")
         self.tokenizer = Tokenizer(self.folder / "tokenizer" / "tokenizer.model")
         self._bins: dict[str, tuple] = {}
 

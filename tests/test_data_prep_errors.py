@@ -161,3 +161,22 @@ def test_nothing_kept_is_exit_2_naming_the_drop_reasons(tmp_path):
              "--set", "sources.0.type=parquet", "--set", "sources.0.columns.content=text")
     assert r.returncode == 2 and "unknown_language 2" in r.stderr, r.stderr
     assert "columns.lang" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_input_missing_a_dataset_file_is_named(tmp_path):
+    from data_prep.dataset_files import PhaseOutput
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasets": {"python": "x"}}))
+    (tmp_path / "python_text_document.idx").write_bytes(b"")
+    with pytest.raises(ConfigError, match="(?s)key 'input'.*python_text_document.bin is missing"):
+        PhaseOutput(tmp_path)
+
+
+def test_funnel_png_is_claimed_only_when_written(tmp_path, capsys):
+    from phase1_corpus import make_corpus, write_config
+    make_corpus(tmp_path)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "funnel.png").write_bytes(b"from an earlier run")
+    Phase1(load_phase1_config(write_config(tmp_path, out)), progress=False).run()
+    log = capsys.readouterr().out
+    assert "wrote " in log and "funnel.png" not in log

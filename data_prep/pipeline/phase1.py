@@ -305,13 +305,14 @@ class Phase1(PipelineRun):
         copy_tokenizer(model, self.out)
         manifest = build_manifest(self, n_units, datasets)
         write_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        png = False
         if self.cfg.funnel_png:
             try:
                 t = manifest["totals"]
-                render_funnel(phase1_funnel(manifest), f"phase-1 funnel: {t['read']} read, "
-                              f"{t['kept']} kept, {t['tokens']:,} tokens", self.out / "funnel.png")
+                png = render_funnel(phase1_funnel(manifest), f"phase-1 funnel: {t['read']} read, "
+                                    f"{t['kept']} kept, {t['tokens']:,} tokens", self.out / "funnel.png")
             except ImportError:
                 self.log("matplotlib is not installed: no funnel.png")
         self.log(f"wrote {len(datasets)} datasets to {self.out}; manifest.json"
-                 + (", funnel.png" if (self.out / "funnel.png").exists() else ""))
+                 + (", funnel.png" if png else ""))
         return manifest
