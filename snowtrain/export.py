@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, RunConfig, config_from_dict
+from .config import ConfigError, ModelConfig, RunConfig, config_from_dict, resolve_path
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
@@ -60,11 +60,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     from .train import checkpoint_state
 
     ckpt = Path(checkpoint)
-    cfg_file = ckpt / "config.yaml"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file} not found: give a checkpoint folder written by "
-                                "snowtrain train (it holds config.yaml)")
+    cfg_file = _checkpoint_config(ckpt)
     cfg: RunConfig = config_from_dict(yaml.safe_load(cfg_file.read_text()), RunConfig, file=cfg_file)
+    out = _check_out_dir(Path(out_dir))
+    tok_path = _find_tokenizer(tokenizer, cfg, ckpt, cfg_file)
     cfg.precision.compute_dtype = "fp32"
     cfg.parallel.tensor_parallel, cfg.parallel.zero1 = 1, False
     model = Llama(cfg.model, seed=cfg.seed)
@@ -74,25 +73,162 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     manager = CheckpointManager(CheckpointConfig(dir=str(ckpt.parent)))
     manager.load(ckpt, template)
     opt.reload_params_from_masters()
-    out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.to(dtype) for k, v in hf_state_dict(model).items()}, str(tmp / "model.safetensors"),
-              metadata={"format": "pt"})
-    special = None
-    tok = tokenizer or cfg.tokenizer
-    if tok:
-        from .config import resolve_path
-        tok_path = Path(resolve_path(tok, "tokenizer"))
-        if tok_path.is_file():
+    try:
+        save_file({k: v.to(dtype) for k, v in hf_state_dict(model).items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        special = None
+        if tok_path is not None:
             shutil.copyfile(tok_path, tmp / "tokenizer.model")
             st = tok_path.parent / "special_tokens.json"
             if st.is_file():
                 special = json.loads(st.read_text())
                 shutil.copyfile(st, tmp / "special_tokens.json")
-    (tmp / "config.json").write_text(json.dumps(hf_config(cfg.model, special, str(dtype).split(".")[-1]), indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg.model, special, str(dtype).split(".")[-1]), indent=2))
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"checkpoint": str(ckpt.resolve()), "dtype": str(dtype)}) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
+        raise
     return out
+
+
+EXPORT_MARKER = "snowtrain_export.json"
+# What export writes: a folder holding these files only (and config.json) is an earlier export.
+EXPORT_FILES = {"config.json", "model.safetensors", "tokenizer.model", "special_tokens.json", EXPORT_MARKER}
+
+
+def _checkpoint_config(ckpt: Path) -> Path:
+    """The checkpoint's config.yaml, or a ConfigError saying what the folder is instead."""
+    cfg_file = ckpt / "config.yaml"
+    if cfg_file.is_file():
+        return cfg_file
+    fix = "give a checkpoint folder written by snowtrain train, e.g. CHECKPOINT_DIR/phase1/step_00000100"
+    if not ckpt.exists():
+        raise ConfigError("no such checkpoint folder", file=ckpt, fix=fix)
+    if (ckpt / "config.json").is_file():
+        raise ConfigError("is a Hugging Face model folder (what export writes), not a checkpoint",
+                          file=ckpt, fix=f"{fix}; serve and eval take this folder as it is")
+    steps = _steps_under(ckpt)
+    if steps:
+        shown = ", ".join(str(s) for s in steps[:5]) + (f" (and {len(steps) - 5} more)" if len(steps) > 5 else "")
+        raise ConfigError(f"is not one checkpoint but holds checkpoints, newest first: {shown}",
+                          file=ckpt, fix=f"export one of them, e.g. snowtrain export {steps[0]} --out ...")
+    raise ConfigError("is not a checkpoint (it has no config.yaml) and holds no step_* checkpoints",
+                      file=ckpt, fix=fix)
+
+
+def _steps_under(folder: Path) -> list[Path]:
+    """Committed step_* checkpoints in a checkpoint root or one phase folder, newest first."""
+    from .checkpoint import CheckpointManager
+    from .config import CheckpointConfig
+    if any(folder.glob("step_*")):
+        found = CheckpointManager(CheckpointConfig(dir=str(folder.parent))).list_checkpoints(phase=folder.name)
+    else:
+        found = CheckpointManager(CheckpointConfig(dir=str(folder))).list_checkpoints()
+    paths = [i.path for i in reversed(found)]
+    if not paths:  # uncommitted or unreadable markers: still show what is there
+        paths = sorted((d for d in [*folder.glob("step_*"), *folder.glob("*/step_*")] if d.is_dir()),
+                       key=lambda d: d.stat().st_mtime, reverse=True)
+    return paths
+
+
+def _check_out_dir(out: Path) -> Path:
+    """--out as an absolute path, when it is new, empty or an earlier export; else ConfigError.
+    Export replaces the folder as a whole, so a folder holding anything else is refused."""
+    target = Path(os.path.abspath(out))
+    cwd = Path.cwd()
+    if target == cwd or target in cwd.parents:
+        raise ConfigError("is the current folder (or holds it); export writes a new folder and "
+                          "replaces --out as a whole", file=out, key="--out",
+                          fix="give a folder to create, e.g. --out hf_model")
+    if not target.exists():
+        return target
+    if not target.is_dir():
+        raise ConfigError("exists and is not a folder", file=out, key="--out",
+                          fix="give a new folder, or remove that file")
+    entries = list(target.iterdir())
+    foreign = sorted(e.name + ("/" if e.is_dir() else "") for e in entries
+                     if e.name not in EXPORT_FILES or not e.is_file())
+    if entries and (foreign or not (target / "config.json").is_file()):
+        shown = ", ".join(foreign[:5]) + (f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise ConfigError(f"is not empty and not an earlier snowtrain export (it holds {shown or 'no config.json'}); "
+                          "export replaces --out as a whole", file=out, key="--out",
+                          fix="give a new or empty folder, or move those files away")
+    return target
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Moves the finished `tmp` to `out`; an earlier export there is kept until `tmp` is in place."""
+    _check_out_dir(out)  # again: the folder may have changed while the weights were loading
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old.{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _find_tokenizer(tokenizer: str | None, cfg: RunConfig, ckpt: Path, cfg_file: Path) -> Path | None:
+    """The tokenizer file to copy: --tokenizer, else the run config's (tried relative to the cwd,
+    then to the checkpoint's own run root); None when neither names one. Named but not found
+    is a ConfigError."""
+    if tokenizer:
+        p = Path(resolve_path(tokenizer, "--tokenizer"))
+        if p.is_dir() and (p / "tokenizer.model").is_file():
+            p = p / "tokenizer.model"
+        if p.is_file():
+            return p
+        raise ConfigError(f"tokenizer {p} not found", key="--tokenizer",
+                          fix="give the tokenizer.model the run trained with (data prep writes it to "
+                              "OUTPUT/tokenizer/tokenizer.model)")
+    if not cfg.tokenizer:
+        return None
+    fix = ("pass --tokenizer PATH/tokenizer.model (the one the run trained with); a relative path "
+           "in the config is read from the folder training ran in")
+    try:
+        p = Path(resolve_path(cfg.tokenizer, "tokenizer", cfg_file))
+    except ConfigError as e:
+        raise ConfigError(f"the checkpoint's tokenizer {cfg.tokenizer} cannot be resolved: {e.args[0]}",
+                          file=cfg_file, key="tokenizer", fix=fix) from None
+    tried = [p]
+    try:
+        root_guess = _under_run_root(p, Path(resolve_path(cfg.checkpoint.dir)), ckpt)
+    except ConfigError:
+        root_guess = None
+    if root_guess is not None and root_guess not in tried:
+        tried.append(root_guess)
+    for cand in tried:
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"the checkpoint's tokenizer was not found (tried {', '.join(map(str, tried))})",
+                      file=cfg_file, key="tokenizer", fix=fix)
+
+
+def _under_run_root(path: Path, recorded_ckpt_dir: Path, ckpt: Path) -> Path | None:
+    """`path` moved along with the checkpoint: the recorded tokenizer and checkpoint.dir share a
+    prefix (the run root, e.g. ${SNOWTRAIN_QUICKSTART}); the same path below the root the
+    checkpoint now lies in (checkpoint.dir/PHASE/step_N)."""
+    if path.is_absolute() != recorded_ckpt_dir.is_absolute():
+        return None
+    common = 0
+    for a, b in zip(path.parts, recorded_ckpt_dir.parts):
+        if a != b:
+            break
+        common += 1
+    rest = path.parts[common:]
+    strip = len(recorded_ckpt_dir.parts) - common
+    root = Path(os.path.abspath(ckpt)).parent.parent
+    if not rest or strip >= len(root.parts):
+        return None
+    for _ in range(strip):
+        root = root.parent
+    return root.joinpath(*rest)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,11 @@ class MetricsLogger:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         if jsonl:
-            self._file = open(self.dir / "metrics.jsonl", "a", buffering=1)
+            path = self.dir / "metrics.jsonl"
+            torn = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+            self._file = open(path, "a", buffering=1)
+            if torn:  # a run killed mid-write: keep our first record off its partial line
+                self._file.write("\n")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -77,11 +82,35 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 def read_records(paths) -> list[dict]:
+    """Every record of the JSONL files; a line that does not decode (a run killed mid-write) is
+    skipped, with one warning per file naming its lines."""
     rows = []
     for p in paths:
-        with open(p) as f:
-            rows += [json.loads(line) for line in f if line.strip()]
+        bad = []
+        with open(p, errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    bad.append(n)
+                    continue
+                if isinstance(r, dict):
+                    rows.append(r)
+                else:
+                    bad.append(n)
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            print(f"warning: {p}:{shown}: skipped {len(bad)} line(s) that are not JSON records "
+                  "(a run killed mid-write?)", file=sys.stderr, flush=True)
     return rows
 
 
@@ -95,7 +124,9 @@ def plot_loss(metrics_files, out_png: str | os.PathLike) -> Path:
     records = read_records(metrics_files)
     rows = [r for r in records if "loss" in r]
     if not rows:
-        raise ValueError(f"no loss records in {', '.join(map(str, metrics_files))}")
+        from .config import ConfigError
+        raise ConfigError("no loss records", file=", ".join(map(str, metrics_files)),
+                          fix="give the metrics.jsonl (or log folder) of a run that trained at least one step")
     by_phase: dict[str, dict[int, float]] = {}
     valid: dict[str, dict[int, float]] = {}
     for r in rows:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import PhaseConfig, RunConfig
+from .config import ConfigError, PhaseConfig, RunConfig
 from .model.llama import count_parameters
 
 GiB = 2**30
@@ -71,7 +71,14 @@ def plan_text(cfg: RunConfig, phase_name: str, gpus: int, mfu: float = 0.5,
               peak_tflops: float = H100_BF16_PEAK_TFLOPS, gpu_memory_gib: float = 80.0) -> str:
     ph = cfg.phase(phase_name)
     tp = cfg.parallel.tensor_parallel
-    dp = max(1, gpus // tp)
+    dp = check_layout(cfg, ph, gpus)
+    for key, value, example in (("--mfu", mfu, "0.4 (a fraction of peak)"), ("--peak-tflops", peak_tflops, "989"),
+                                ("--gpu-memory-gib", gpu_memory_gib, "80")):
+        if not value > 0:
+            raise ConfigError(f"must be positive, got {value}", key=key, fix=f"e.g. {key} {example}")
+    if mfu > 1:
+        raise ConfigError(f"is a fraction of peak and cannot exceed 1, got {mfu}", key="--mfu",
+                          fix="e.g. --mfu 0.4 for 40%")
     n = count_parameters(cfg.model)
     fpt = flops_per_token(cfg, ph.seq_len)
     steps = steps_for_phase(ph)
@@ -79,7 +86,7 @@ def plan_text(cfg: RunConfig, phase_name: str, gpus: int, mfu: float = 0.5,
     mem = memory_per_gpu(cfg, ph, tp, dp)
     per_gpu_tokens_s = mfu * peak_tflops * 1e12 / fpt
     seconds = ph.tokens * fpt / (gpus * peak_tflops * 1e12 * mfu)
-    accum = ph.global_batch_size // max(1, dp * ph.micro_batch_size)
+    accum = ph.global_batch_size // (dp * ph.micro_batch_size)
     lines = [
         f"plan for {cfg.name} / {ph.name} on {gpus} GPUs (TP={tp}, DP={dp}"
         f"{', ZeRO-1' if cfg.parallel.zero1 else ''})",
@@ -100,6 +107,33 @@ def plan_text(cfg: RunConfig, phase_name: str, gpus: int, mfu: float = 0.5,
     problem = fit_problem(cfg, ph, tp, dp, gpu_memory_gib)
     lines.append(f"  fits {gpu_memory_gib:g} GiB?      " + ("yes" if problem is None else f"NO: {problem}"))
     return "\n".join(lines)
+
+
+def check_layout(cfg: RunConfig, ph: PhaseConfig, gpus: int) -> int:
+    """The data-parallel size on `gpus` GPUs, under the rules snowtrain train enforces (world
+    divisible by tensor_parallel, global batch a whole number of micro-batches per rank); else
+    a ConfigError with the nearest GPU counts that work."""
+    tp, gbs, mbs = cfg.parallel.tensor_parallel, ph.global_batch_size, ph.micro_batch_size
+    valid = [tp * d for d in range(1, gbs // mbs + 1) if gbs % (d * mbs) == 0]
+    nearest = ", ".join(map(str, sorted(sorted(valid, key=lambda g: (abs(g - gpus), g))[:4])))
+    if gpus < 1:
+        raise ConfigError(f"must be a positive number of GPUs, got {gpus}", key="--gpus",
+                          fix=f"give one of {nearest}" if valid else "e.g. --gpus 8")
+    if gpus % tp:
+        raise ConfigError(f"tensor_parallel={tp} does not divide --gpus {gpus}", key="parallel.tensor_parallel",
+                          fix=f"plan for a multiple of {tp} GPUs (nearest that also fit the batch: {nearest}), "
+                              "or change parallel.tensor_parallel")
+    dp = gpus // tp
+    if cfg.parallel.data_parallel is not None and cfg.parallel.data_parallel != dp:
+        raise ConfigError(f"parallel.data_parallel={cfg.parallel.data_parallel} but {gpus} GPUs / "
+                          f"tensor_parallel={tp} give {dp}", key="parallel.data_parallel",
+                          fix=f"plan for {cfg.parallel.data_parallel * tp} GPUs or set data_parallel: null")
+    if gbs % (dp * mbs):
+        raise ConfigError(f"global_batch_size={gbs} over {dp} data-parallel ranks is not a whole number "
+                          f"of micro-batches of {mbs} per rank", key=f"phases.{ph.name}.global_batch_size",
+                          fix=f"plan for {nearest} GPUs, or make global_batch_size a multiple of "
+                              f"data_parallel x micro_batch_size = {dp * mbs}")
+    return dp
 
 
 def _si(n: float, unit: str) -> str:
