@@ -378,11 +378,17 @@ def test_config_errors_exit_2_naming_the_key(run1, tmp_path, capsys):
     for override, words in ((f"input={tmp_path}/nothing", ["'input'", "phase1 first"]),
                             (f"annotator.encoder={tmp_path}", ["'annotator.encoder'", install]),
                             ("window_tokens=1024", ["'window_tokens'", "512"]),
-                            ("target_tokens=1M", ["exactly one of target_tokens"])):
+                            ("target_tokens=1M", ["exactly one of target_tokens"]),
+                            (f"output={phase1}/p2", ["'output'", "nested with input"])):
         assert main(["phase2", "--config", str(cfg), "--set", override]) == 2, override
         err = capsys.readouterr().err
         for w in words:
             assert w in err, (override, err)
+    # a change to the finished run's scoring config names the key; its targets may change
+    done = write_config(root, phase1, out)
+    assert main(["phase2", "--config", str(done), "--set", "window_tokens=16"]) == 2
+    err = capsys.readouterr().err
+    assert "window_tokens: 32 -> 16" in err and "--restart" in err and str(done) in err
 
 
 def test_a_given_head_is_used_without_training(run1, monkeypatch):
