@@ -8,9 +8,9 @@
   snowtrain serve  HF_MODEL_OR_CHECKPOINT --port 8000  (OpenAI-compatible HTTP API)
   snowtrain eval   HF_MODEL_OR_CHECKPOINT | --endpoint URL  (HumanEval pass@1; runs model-written code)
 
-Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on SIGUSR1 or
-SIGTERM with a checkpoint saved (requeue and it resumes), 2 a configuration error, 1 anything
-else. Signals reach the ranks directly under srun (one task per GPU, as launch/slurm does);
+Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on SIGUSR1,
+SIGTERM or a first Ctrl-C with a checkpoint saved (requeue and it resumes), 2 a configuration
+error, 1 anything else. Signals reach the ranks directly under srun (one task per GPU, as launch/slurm does);
 torchrun's agent does not forward SIGUSR1 and reports a worker's exit 3 as 1.
 """
 from __future__ import annotations
@@ -24,6 +24,16 @@ from .config import ConfigError, dump_config, load_config
 EXIT_STOPPED = 3
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="recipe YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -33,8 +43,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)  # before the slow imports: typos fail fast
     phases = [p.name for p in cfg.phases] if args.phase == "all" else [args.phase]
-    for name in phases:
+    from .config import check_dataset_paths
+    for name in phases:  # every phase's data before the first step, not days later
         cfg.phase(name)
+        check_dataset_paths(cfg, name, file=args.config)
     from .distributed import destroy_distributed, get_state
     from .train import train_phase
     try:
@@ -73,7 +85,8 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train one phase (or all, in order)")
     _config_args(t)
     t.add_argument("--phase", required=True, help="phase name, or 'all'")
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (a checkpoint is not forced)")
+    t.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop after this many steps (a checkpoint is not forced)")
     p = sub.add_parser("plan", help="parameters, FLOPs, steps, memory and time of a phase")
     _config_args(p)
     p.add_argument("--phase", required=True)

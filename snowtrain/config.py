@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -531,6 +532,9 @@ def validate_config(cfg: RunConfig, file=None) -> RunConfig:
         raise err(f"num_attention_heads={m.num_attention_heads} does not divide "
                   f"hidden_size={m.hidden_size}", "model.num_attention_heads",
                   f"choose a head count dividing {m.hidden_size}, e.g. {_divisor_near(m.hidden_size, m.num_attention_heads)}")
+    if m.num_kv_heads is not None and m.num_kv_heads < 1:
+        raise err(f"must be >= 1 or null, got {m.num_kv_heads}", "model.num_kv_heads",
+                  "leave it null for multi-head attention, or give a divisor of num_attention_heads")
     if m.num_attention_heads % m.kv_heads:
         raise err(f"num_kv_heads={m.kv_heads} does not divide num_attention_heads="
                   f"{m.num_attention_heads}", "model.num_kv_heads",
@@ -553,8 +557,11 @@ def validate_config(cfg: RunConfig, file=None) -> RunConfig:
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise err(f"betas must be two numbers in [0, 1), got {cfg.optim.betas}", "optim.betas",
                   "use e.g. [0.9, 0.95]")
-    if cfg.optim.lr <= 0:
-        raise err(f"must be positive, got {cfg.optim.lr}", "optim.lr", "set a positive learning rate")
+    if not cfg.optim.lr > 0 or not math.isfinite(cfg.optim.lr):
+        raise err(f"must be a positive number, got {cfg.optim.lr}", "optim.lr", "set a positive learning rate")
+    if not 0 <= cfg.data.valid_fraction < 1:
+        raise err(f"must be in [0, 1), got {cfg.data.valid_fraction}", "data.valid_fraction",
+                  "use e.g. 0.0 (nothing held out) or 0.001")
     seen = set()
     for i, ph in enumerate(cfg.phases):
         key = f"phases[{i}]"
@@ -571,6 +578,8 @@ def validate_config(cfg: RunConfig, file=None) -> RunConfig:
             raise err(f"micro_batch_size={ph.micro_batch_size} does not divide global_batch_size="
                       f"{ph.global_batch_size}", f"{key}.global_batch_size",
                       "make the global batch a multiple of the micro batch")
+        if ph.seq_len < 1:
+            raise err(f"must be positive, got {ph.seq_len}", f"{key}.seq_len", "set e.g. seq_len: 8192")
         if ph.seq_len > m.max_seq_len:
             raise err(f"seq_len={ph.seq_len} exceeds model.max_seq_len={m.max_seq_len}",
                       f"{key}.seq_len", f"use seq_len <= {m.max_seq_len} or raise model.max_seq_len")

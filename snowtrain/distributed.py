@@ -184,11 +184,12 @@ def grid_ranks(world_size: int, tp: int) -> tuple[list[list[int]], list[list[int
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if tp < 1 or world_size % tp:
+        from .config import ConfigError
         divisors = [d for d in range(1, world_size + 1) if world_size % d == 0]
-        raise ValueError(
-            f"tensor_parallel={tp} does not divide world_size={world_size}: "
-            f"set tensor_parallel to one of {divisors}, or launch a multiple of {tp} processes"
-        )
+        raise ConfigError(
+            f"tensor_parallel={tp} does not divide world_size={world_size}",
+            key="parallel.tensor_parallel",
+            fix=f"set tensor_parallel to one of {divisors}, or launch a multiple of {tp} processes")
     dp = world_size // tp
     tp_groups = [[d * tp + t for t in range(tp)] for d in range(dp)]
     dp_groups = [[d * tp + t for d in range(dp)] for t in range(tp)]

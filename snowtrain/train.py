@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from . import kernels
-from .checkpoint import CheckpointManager, Replicate, Shard, device_mesh, to_dtensor
+from .checkpoint import CheckpointError, CheckpointManager, Replicate, Shard, device_mesh, to_dtensor
 from .config import ConfigError, RunConfig, check_dataset_paths, resolve_path, save_config
 from .data import PhaseData
 from .distributed import ParallelState, init_distributed
@@ -25,7 +25,11 @@ from .plan import GiB, fit_problem, flops_per_token
 from .step import NonFiniteLoss, train_step
 from .validation import Validator
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+# what a checkpoint's tensors and sample streams are laid out by: a resumed run must keep them
+RESUME_FIXED = tuple(f"model.{k}" for k in ("num_layers", "hidden_size", "ffn_hidden_size",
+                                             "num_attention_heads", "num_kv_heads", "vocab_size",
+                                             "tie_embeddings"))
 
 
 @dataclass
@@ -39,8 +43,9 @@ class PhaseResult:
 
 
 class StopRequest:
-    """Set by SIGUSR1/SIGTERM (SLURM's warning before a time limit or preemption); every rank
-    learns of it at the next step through an all-reduce, so all of them stop at the same step."""
+    """Set by SIGUSR1/SIGTERM (SLURM's warning before a time limit or preemption) or a first
+    Ctrl-C; every rank learns of it at the next step through an all-reduce, so all of them stop
+    at the same step."""
 
     def __init__(self):
         self.requested = False
@@ -59,6 +64,11 @@ class StopRequest:
             signal.signal(sig, old)
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.requested:  # a second Ctrl-C: stop now, without a checkpoint
+                raise KeyboardInterrupt
+            print("Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again to "
+                  "stop at once, without one)", flush=True)
         self.requested, self.signal = True, signal.Signals(signum).name
 
     def agreed(self, pstate: ParallelState) -> bool:
@@ -112,6 +122,7 @@ class Trainer:
                               file=config_file, key="parallel.data_parallel",
                               fix="match the launch or leave data_parallel null")
         check_dataset_paths(cfg, phase, file=config_file)
+        self._check_batch_layout()
         self._check_fit()
         kernels.configure(cfg.model.kernels)
         if any(getattr(cfg.model.kernels, op) == "fused" for op in kernels.OPS):
@@ -136,6 +147,19 @@ class Trainer:
         self.steps = self.data.total_steps
         self.flops_per_token = flops_per_token(cfg, self.phase.seq_len)
 
+    def _check_batch_layout(self):
+        """Every data-parallel rank takes whole micro-batches of the global batch."""
+        gbs, mbs, dp = self.phase.global_batch_size, self.phase.micro_batch_size, self.pstate.dp_size
+        if gbs % (dp * mbs):
+            fits = [g for g in range(dp * mbs, 2 * gbs + dp * mbs, dp * mbs)]
+            nearest = min(fits, key=lambda g: (abs(g - gbs), g))
+            raise ConfigError(
+                f"global_batch_size={gbs} over {dp} data-parallel ranks is not a whole number of "
+                f"micro-batches of {mbs} per rank", file=self.config_file,
+                key=f"phases[{self.phase_index}].global_batch_size",
+                fix=f"use a multiple of data_parallel x micro_batch_size = {dp * mbs} (e.g. {nearest}), "
+                    "or change micro_batch_size or the number of ranks")
+
     def _check_fit(self):
         ps = self.pstate
         if ps.device.type != "cuda":
@@ -150,9 +174,15 @@ class Trainer:
     def restore(self) -> None:
         """Resume this phase from its latest good checkpoint, else start from the previous
         phase's final weights (init_from), else from scratch."""
-        latest = self.ckpt.find_latest(phase=self.phase.name) if self.cfg.checkpoint.resume else None
+        try:
+            latest = self.ckpt.find_latest(phase=self.phase.name) if self.cfg.checkpoint.resume else None
+        except CheckpointError as e:
+            raise ConfigError(str(e), file=self.config_file, key="checkpoint.dir",
+                              fix="repair or move away the damaged checkpoints") from None
         if latest is not None:
-            for line in self.ckpt.load_config_diff(latest, self.cfg):
+            diffs = self.ckpt.load_config_diff(latest, self.cfg)
+            self._refuse_incompatible(latest, diffs)
+            for line in diffs:
                 self.metrics.event(f"config differs from the checkpoint's: {line}")
             template = checkpoint_state(self.model, self.opt, self.mesh, extra={})
             extra = self.ckpt.load(latest, template)
@@ -178,19 +208,42 @@ class Trainer:
         self.global_step_offset = extra.get("global_step", extra.get("step", 0))
         self.metrics.event(f"{self.phase.name} starts from the weights of {source}", init_from=str(source))
 
+    def _refuse_incompatible(self, latest, diffs: list[str]) -> None:
+        """A checkpoint of another run, or of another model shape or sequence length, cannot be
+        continued: say which key and what to do, before loading anything."""
+        seq_key = f"phases[{self.phase_index}].seq_len"
+        for line in diffs:
+            key, _, change = line.partition(": ")
+            if key == "name" or key in RESUME_FIXED or key == seq_key:
+                what = {"name": "holds another run"}.get(key, "was written with another value")
+                raise ConfigError(
+                    f"{latest} {what}: {key} {change}", file=self.config_file, key=key,
+                    fix=f"restore {key} to the checkpoint's value to resume it, or point "
+                        "checkpoint.dir at another folder (checkpoint.resume=false starts over "
+                        "in this one)")
+
     def _init_source(self):
         init = self.phase.init_from
         if init is None or (init == "previous" and self.phase_index == 0):
             return None
+        key = f"phases[{self.phase_index}].init_from"
         if init != "previous":
-            return resolve_path(init, f"phases[{self.phase_index}].init_from", self.config_file)
+            path = resolve_path(init, key, self.config_file)
+            if not os.path.isdir(path):
+                near = sorted(str(p) for p in Path(path).parent.glob("step_*"))[-3:] \
+                    if Path(path).parent.is_dir() else []
+                raise ConfigError(f"{path} does not exist", file=self.config_file, key=key,
+                                  fix="name a checkpoint folder (step_N)"
+                                      + (f"; in its folder: {', '.join(near)}" if near else "")
+                                      + ", 'previous', or null")
+            return path
         prev = self.cfg.phases[self.phase_index - 1].name
         path = self.ckpt.final_checkpoint(prev, missing_ok=True)
         if path is None:
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{self.phase.name} starts from {prev}'s final checkpoint, but {self.ckpt.root}/{prev} "
-                f"has none: train {prev} first, or set phases[{self.phase_index}].init_from to a "
-                "checkpoint path or null")
+                "has none", file=self.config_file, key=key,
+                fix=f"train {prev} first, or set {key} to a checkpoint path or null")
         return path
 
     # ------------------------------------------------------------------ loop

@@ -440,7 +440,9 @@ def test_find_latest_empty_and_all_damaged(tmp_path):
     assert mgr.find_latest() is None
     (p1,) = _save_steps(mgr, [1])
     (p1 / "COMMITTED").unlink()
-    assert mgr.find_latest() is None
+    # the only checkpoint is damaged: refused, never a silent start from scratch
+    with pytest.raises(CheckpointError, match="no complete checkpoint under .*step_00000001 damaged"):
+        mgr.find_latest()
     with pytest.raises(CheckpointError, match="no older complete checkpoint"):
         mgr.load(p1, build_state(None))
 

@@ -62,8 +62,60 @@ def test_phase_two_starts_from_phase_one_final_weights(tmp_path, data):
     assert any("p2 starts from the weights of" in e and "p1/step_00000006" in e for e in ev)
     # phase 2 without phase 1's checkpoint is a clear error
     cfg3 = recipe(tmp_path / "other", data, phases=2, steps=6)
-    with pytest.raises(FileNotFoundError, match="p2 starts from p1's final checkpoint"):
+    with pytest.raises(ConfigError, match="p2 starts from p1's final checkpoint") as e:
         train_phase(cfg3, "p2")
+    assert e.value.key == "phases[1].init_from"
+    # a mistyped checkpoint path names the folders beside it
+    cfg3.phases[1].init_from = str(tmp_path / "ckpt/p1/step_0000006")
+    with pytest.raises(ConfigError, match="does not exist") as e:
+        train_phase(cfg3, "p2")
+    assert "step_00000006" in e.value.fix
+
+
+def test_resuming_another_run_or_shape_or_only_damaged_checkpoints_is_refused(tmp_path, data):
+    cfg = recipe(tmp_path, data)
+    train_phase(cfg, "p1", max_steps=5)                       # a checkpoint at step 4
+    for change, key in ((lambda c: setattr(c.model, "hidden_size", 128), "model.hidden_size"),
+                        (lambda c: setattr(c.phases[0], "seq_len", 16), "phases[0].seq_len"),
+                        (lambda c: setattr(c, "name", "other"), "name")):
+        other = recipe(tmp_path, data)
+        change(other)
+        with pytest.raises(ConfigError) as e:
+            train_phase(other, "p1")
+        assert e.value.key == key and "checkpoint.dir" in e.value.fix
+    ckpt = tmp_path / "ckpt/p1/step_00000004"
+    victim = next(p for p in ckpt.iterdir() if p.suffix == ".distcp")
+    victim.write_bytes(victim.read_bytes()[:10])
+    with pytest.raises(ConfigError, match="no complete checkpoint of p1") as e:
+        train_phase(cfg, "p1")                                # not silently from step 0
+    assert e.value.key == "checkpoint.dir" and ckpt.exists()
+
+
+def _layout_worker(root, data):
+    cfg = recipe(Path(root), data)
+    cfg.phases[0].global_batch_size, cfg.phases[0].micro_batch_size = 6, 2   # 3 per rank
+    train_phase(cfg, "p1", max_steps=1)
+
+
+def test_a_global_batch_that_is_not_whole_micro_batches_per_rank_is_a_config_error(tmp_path, data):
+    with pytest.raises(Exception, match="global_batch_size=6 over 2 data-parallel ranks") as e:
+        run_distributed(_layout_worker, 2, str(tmp_path), data, timeout_s=120)
+    assert "multiple of data_parallel x micro_batch_size = 4 (e.g. 4)" in str(e.value)
+
+
+def test_ctrl_c_requests_a_stop_and_a_second_one_interrupts():
+    import os
+    import signal
+    from snowtrain.train import StopRequest
+    stop = StopRequest()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.signal == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.uninstall()
 
 
 def _reshard_worker(root, data, tp, zero1, max_steps):

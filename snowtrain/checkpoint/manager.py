@@ -498,8 +498,8 @@ class CheckpointManager:
         """The newest complete checkpoint (optionally of one phase), or None (collective).
 
         Follows ``latest``; if that checkpoint is corrupted or partial, logs a warning naming
-        the folder and falls back to the newest older one that verifies. Removes leftovers of
-        crashed saves.
+        the folder and falls back to the newest older one that verifies; raises CheckpointError
+        when there are checkpoints but every one is damaged. Removes leftovers of crashed saves.
         """
         self.wait()
         return self._rank0(self._find_latest_local, phase)
@@ -530,9 +530,11 @@ class CheckpointManager:
                 "checkpoint %s is corrupted or incomplete (%s); falling back to the previous one",
                 path, "; ".join(problems),
             )
-        if bad:
-            log.warning("no complete checkpoint left under %s (all of %s are damaged)", self.root,
-                        [str(p) for p in bad])
+        if bad:  # never start over silently: retention would then delete them
+            raise CheckpointError(
+                f"no complete checkpoint{f' of {phase}' if phase else ''} under {self.root}: "
+                f"{', '.join(p.name for p in bad)} damaged (see the warnings above); repair one, "
+                "or move them away (or set checkpoint.resume=false) to start over")
         return None
 
     def final_checkpoint(self, phase: str, *, missing_ok: bool = False) -> Path | None:
