@@ -12,9 +12,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def eval_model_dir(tmp_path_factory):
+def hf_dir(tmp_path_factory):
     """A random-init model with a 512-token context written as `snowtrain export` writes it,
-    with a real tokenizer (the evaluation tests' model)."""
+    with a real tokenizer (the evaluation tests' model; test_serve.py has its own)."""
     pytest.importorskip("transformers")
     from tiny_hf import train_code_tokenizer, write_tiny_hf_model
     tok_path = train_code_tokenizer(tmp_path_factory.mktemp("tok"))

@@ -22,7 +22,7 @@ from snowtrain.evaluation.problems import ProblemError, load_benchmark, load_pro
 from snowtrain.evaluation.runner import EvalError, Generation, evaluate, pass_at_k
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTEXT = 512  # the context of conftest.py's eval_model_dir
+CONTEXT = 512  # the context of conftest.py's hf_dir
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +191,7 @@ def test_sampled_pass_at_k_is_computed_from_the_results(tmp_path, humaneval):
 
 # ---- a tiny random-init model, end to end; the endpoint backend ----
 
-@pytest.fixture(scope="module")
-def hf_dir(eval_model_dir, keep_torch_threads):
-    return eval_model_dir
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def eval_cli(*args) -> int:

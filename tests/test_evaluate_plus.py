@@ -350,9 +350,7 @@ def test_runner_reports_base_and_plus(tmp_path, plus_files):
                                "base pass@1 1.0000, pass@10 1.0000")
 
 
-@pytest.fixture(scope="module")
-def hf_dir(eval_model_dir, keep_torch_threads):
-    return eval_model_dir
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def eval_cli(*args) -> int:
