@@ -70,6 +70,10 @@ def _plot(args) -> int:
 
     files = []
     for p in map(Path, args.paths):
+        if not p.exists():
+            print(f"snowtrain plot: {p} does not exist (give a log folder or a metrics.jsonl)",
+                  file=sys.stderr)
+            return 2
         files += sorted(p.rglob("metrics.jsonl")) if p.is_dir() else [p]
     if not files:
         print(f"snowtrain plot: no metrics.jsonl under {args.paths}", file=sys.stderr)

@@ -272,6 +272,23 @@ def _tag(node: Any, origin: str) -> Any:
     return node
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps the last silently,
+    so a second `optim:` section would quietly replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}): keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     path = path.resolve()
     if path in seen:
@@ -281,7 +298,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
         raise ConfigError("file not found", file=path, fix="check the path (includes are "
                           "relative to the file that includes them)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", file=path, fix="fix the YAML syntax") from None
     return _expand_includes(_tag(data, str(path)), path, (*seen, path))
@@ -658,8 +675,12 @@ def expand_dataset_folders(datasets: list[DatasetConfig], key_prefix: str = "pha
             raise ConfigError(f"'{path}' is a folder without manifest.json", file=file, key=key,
                               fix="name a dataset prefix (without .bin/.idx) or a finished "
                                   "data-prep output folder")
-        with open(manifest) as f:
-            langs = sorted(json.load(f).get("datasets") or {})
+        try:
+            with open(manifest) as f:
+                langs = sorted(json.load(f).get("datasets") or {})
+        except (ValueError, AttributeError) as e:
+            raise ConfigError(f"{manifest} is not a readable data-prep manifest ({e})", file=file,
+                              key=key, fix="re-run the data-prep phase that wrote this folder") from None
         if d.languages is not None:
             unknown = sorted(set(d.languages) - set(langs))
             if unknown:

@@ -162,3 +162,19 @@ def test_shipped_phase1_configs_load_and_dump(name, monkeypatch):
     monkeypatch.setenv("SNOWTRAIN_DATA", "/data/snowtrain")
     cfg = load_phase1_config(ROOT / "configs/data_prep" / name, ["filters.per_language.python.xml=false"])
     assert yaml.safe_load(dump(cfg))["filters"]["per_language"]["python"]["xml"] is False
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: x\noptim:\n  lr: 1.0e-3\nmodel:\n  num_layers: 2\noptim:\n  lr: 3.0e-3\n")
+    with pytest.raises(ConfigError, match=r"key 'optim' is given twice \(lines 2 and 6\)"):
+        load_config(path)
+
+
+def test_a_corrupt_manifest_is_a_config_error(tmp_path):
+    from snowtrain.config import DatasetConfig, expand_dataset_folders
+    (tmp_path / "phase1").mkdir()
+    (tmp_path / "phase1" / "manifest.json").write_text('{"datasets": {"python": ')
+    with pytest.raises(ConfigError, match="not a readable data-prep manifest") as e:
+        expand_dataset_folders([DatasetConfig(path=str(tmp_path / "phase1"))], "phases[0]", None)
+    assert e.value.key == "phases[0].datasets[0].path"

@@ -177,3 +177,8 @@ def test_plan_of_a_valid_layout_still_prints(tmp_path):
     cfg.parallel.tensor_parallel = 2
     text = plan_text(cfg, "p1", 64)
     assert "TP=2, DP=32" in text and "16 per rank" in text
+
+
+def test_plot_of_a_missing_file_is_exit_2_naming_it(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "nope.jsonl does not exist" in capsys.readouterr().err
