@@ -7,6 +7,15 @@ import sys
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # every stage saves its finished units atomically
+        print("data-prep: interrupted; finished work is kept: run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="data-prep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 

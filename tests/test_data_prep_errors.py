@@ -180,3 +180,13 @@ def test_funnel_png_is_claimed_only_when_written(tmp_path, capsys):
     Phase1(load_phase1_config(write_config(tmp_path, out)), progress=False).run()
     log = capsys.readouterr().out
     assert "wrote " in log and "funnel.png" not in log
+
+
+def test_ctrl_c_is_a_short_message_with_exit_130(monkeypatch, capsys):
+    from data_prep import cli
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_main", interrupted)
+    assert cli.main(["phase1", "--config", "x.yaml"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
