@@ -34,9 +34,9 @@ run)
       python3 -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", sys.version.split()[0])' || true
       nvcc --version | tail -n 2 || true; } 2>&1 | tee "$OUT/gpu.txt"
     set +e
-    python3 benchmarks/bench_kernels_gpu.py --budget-s "${BUDGET_S:-380}" --out-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
+    python3 benchmarks/bench_kernels_gpu.py --budget-s "${BUDGET_S:-420}" --out-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
     bench_rc=${PIPESTATUS[0]}
-    timeout -k 5 100 python3 -m pytest -q -p no:cacheprovider --maxfail=5 -m gpu tests/test_kernels.py 2>&1 \
+    timeout -k 5 70 python3 -m pytest -q -p no:cacheprovider --maxfail=5 -m gpu tests/test_kernels.py 2>&1 \
         | tee "$OUT/pytest_gpu.log"
     tests_rc=${PIPESTATUS[0]}
     echo "benchmark exit status $bench_rc, GPU tests exit status $tests_rc"
