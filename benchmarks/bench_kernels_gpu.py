@@ -423,8 +423,9 @@ def run_checks(torch, args, dev, results, save) -> None:
         free_memory(torch)
 
 
-def time_op(torch, op, shape, dev, args, compile_ok: bool, res: dict) -> dict:
-    """Fills `res` as it goes (a timeout keeps what was measured)."""
+def time_op(torch, op, shape, dev, args, which: tuple, res: dict) -> dict:
+    """Times the implementations in `which` ("fused", "eager", "compile"); fills `res` as it
+    goes (a timeout keeps what was measured) and the speedups of what it holds."""
     from snowtrain.kernels import reference
     gen = torch.Generator(device=dev).manual_seed(1)
     dtype = torch.bfloat16
@@ -447,8 +448,8 @@ def time_op(torch, op, shape, dev, args, compile_ok: bool, res: dict) -> dict:
             torch.autograd.grad(o, xs, ups)
         return f
 
-    impls = {"fused": "fused", "eager": reference}
-    if compile_ok:
+    impls = {k: v for k, v in (("fused", "fused"), ("eager", reference)) if k in which}
+    if "compile" in which:
         class Compiled:  # the reference functions under torch.compile
             pass
         for name in ("rmsnorm", "add_rmsnorm", "swiglu", "apply_rope_qk", "vocab_parallel_cross_entropy"):
@@ -477,25 +478,35 @@ def time_op(torch, op, shape, dev, args, compile_ok: bool, res: dict) -> dict:
 
 
 def run_timings(torch, args, dev, results, limit_s: float, save) -> None:
+    """Fused and eager for every op first (seconds), then torch.compile of the references op
+    by op (~10-30 s each, two graphs) while time is left, so a short section still has them all."""
     results["timings"] = timings = []
     start = time.monotonic()
-    for op, shapes in op_cases(args.smoke).items():
-        # torch.compile costs ~10-30 s per op (two graphs): only while time is left for it
-        left = limit_s - (time.monotonic() - start)
-        compile_ok = not args.skip_compile and left > 45
-        t = {"op": op, "shape": str(shapes[-1])}
-        timings.append(t)
+    cases = list(op_cases(args.smoke).items())
+
+    def one(op, shape, which, t):
         try:
-            time_op(torch, op, shapes[-1], dev, args, compile_ok, t)
+            time_op(torch, op, shape, dev, args, which, t)
         except Exception as e:  # noqa: BLE001
             t["error"] = f"{type(e).__name__}: {e}"
             results["errors"].append(f"timing {op}: {traceback.format_exc(limit=4)}")
-        if not compile_ok and not args.skip_compile:
-            t["compile_skipped"] = "not enough time left"
-        log(f"  {op:14s} fwd+bwd fused {fmt_ms(t.get('fused_fwd_bwd'))} ms, eager "
-            f"{fmt_ms(t.get('eager_fwd_bwd'))} ms, compile {fmt_ms(t.get('compile_fwd_bwd'))} ms")
         free_memory(torch)
         save()
+
+    for op, shapes in cases:
+        t = {"op": op, "shape": str(shapes[-1])}
+        timings.append(t)
+        one(op, shapes[-1], ("fused", "eager"), t)
+        log(f"  {op:14s} fwd+bwd fused {fmt_ms(t.get('fused_fwd_bwd'))} ms, eager "
+            f"{fmt_ms(t.get('eager_fwd_bwd'))} ms")
+    if args.skip_compile:
+        return
+    for (op, shapes), t in zip(cases, timings):
+        if limit_s - (time.monotonic() - start) < 30:
+            t["compile_skipped"] = "not enough time left"
+            continue
+        one(op, shapes[-1], ("compile",), t)
+        log(f"  {op:14s} fwd+bwd torch.compile {fmt_ms(t.get('compile_fwd_bwd'))} ms")
 
 
 # ------------------------------------------------------------------------------ 1.3B model
