@@ -190,3 +190,13 @@ def test_ctrl_c_is_a_short_message_with_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_main", interrupted)
     assert cli.main(["phase1", "--config", "x.yaml"]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_a_missing_tree_source_folder_is_exit_2(tmp_path):
+    path = _phase1_cfg(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sources"] = [{"type": "tree", "paths": [str(tmp_path / "no_such_repos")]}]
+    path.write_text(yaml.safe_dump(cfg))
+    r = _cli("phase1", "--config", path)
+    assert r.returncode == 2, r.stderr
+    assert "no_such_repos does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -17,6 +17,10 @@ class SourceError(Exception):
     """An input file (or a pattern naming input files) cannot be read as the source expects."""
 
 
+class MissingSourceError(SourceError, FileNotFoundError):
+    """An input that does not exist (still a FileNotFoundError for callers that expect one)."""
+
+
 class Problem(NamedTuple):
     """One dropped record worth showing in a manifest: where it was and why it was dropped."""
     file: str

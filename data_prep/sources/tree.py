@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..records import Record, language_of
-from .errors import check_languages
+from .errors import MissingSourceError, check_languages
 
 SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", "node_modules", "site-packages", "dist-packages"}
 
@@ -49,8 +49,8 @@ class TreeSource:
         self.roots = [Path(r) for r in roots]
         for r in self.roots:
             if not r.is_dir():
-                raise FileNotFoundError(f"source folder {r} does not exist; give a folder whose "
-                                        "top-level subfolders are repositories")
+                raise MissingSourceError(f"source folder {r} does not exist; give a folder whose "
+                                         "top-level subfolders are repositories")
         self.languages = check_languages(languages)
         self.max_file_bytes = max_file_bytes
         self.sample_fraction = sample_fraction
