@@ -107,19 +107,6 @@ class Phase3(PipelineRun):
         self._orders: dict[str, dict] = {}
         self.check_work_dir(restart)
 
-    def check_work_dir(self, restart: bool) -> None:
-        """The stamp check, after forgetting an earlier generation that saved no answer."""
-        error = None
-        if self.rank == 0 and not restart:
-            try:
-                self._forget_unanswered()
-            except OSError as e:    # re-raised on every rank below
-                error = e
-        error = self.comm.bcast(error, root=0)
-        if error is not None:
-            raise error
-        super().check_work_dir(restart)
-
     def _forget_unanswered(self) -> None:
         """A work folder stamped with other values of what decides the answers (endpoint.model,
         say) but holding no answer (every request failed) keeps nothing worth keeping: its
@@ -141,6 +128,8 @@ class Phase3(PipelineRun):
         write_text(stamp, text)
 
     def _check_work_dir(self, restart: bool) -> None:
+        if not restart:
+            self._forget_unanswered()
         self.write_stamp(self.work / "config.yaml", generation_stamp(self.cfg), restart,
                          discards="the saved answers: everything is requested again")
         post = self.post / "config.yaml"
