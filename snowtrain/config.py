@@ -537,6 +537,16 @@ def diff_configs(old, new, prefix: str = "") -> list[str]:
 
 # ----------------------------------------------------------------------------- validation
 
+def check_batch_layout(global_batch_size: int, micro_batch_size: int, data_parallel: int, *,
+                       key: str, fix: str, file=None) -> None:
+    """Every data-parallel rank must take whole micro-batches of the global batch (the rule
+    `snowtrain train` enforces at start and `snowtrain plan` for a GPU count)."""
+    if global_batch_size % (data_parallel * micro_batch_size):
+        raise ConfigError(f"global_batch_size={global_batch_size} over {data_parallel} data-parallel "
+                          f"ranks is not a whole number of micro-batches of {micro_batch_size} per rank",
+                          file=file, key=key, fix=fix)
+
+
 def validate_config(cfg: RunConfig, file=None) -> RunConfig:
     """Checks values that depend on each other; raises the first problem as ConfigError."""
     m, par = cfg.model, cfg.parallel

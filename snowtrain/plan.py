@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import ConfigError, PhaseConfig, RunConfig
+from .config import ConfigError, PhaseConfig, RunConfig, check_batch_layout
 from .model.llama import count_parameters
 
 GiB = 2**30
@@ -128,11 +128,9 @@ def check_layout(cfg: RunConfig, ph: PhaseConfig, gpus: int) -> int:
         raise ConfigError(f"parallel.data_parallel={cfg.parallel.data_parallel} but {gpus} GPUs / "
                           f"tensor_parallel={tp} give {dp}", key="parallel.data_parallel",
                           fix=f"plan for {cfg.parallel.data_parallel * tp} GPUs or set data_parallel: null")
-    if gbs % (dp * mbs):
-        raise ConfigError(f"global_batch_size={gbs} over {dp} data-parallel ranks is not a whole number "
-                          f"of micro-batches of {mbs} per rank", key=f"phases.{ph.name}.global_batch_size",
-                          fix=f"plan for {nearest} GPUs, or make global_batch_size a multiple of "
-                              f"data_parallel x micro_batch_size = {dp * mbs}")
+    check_batch_layout(gbs, mbs, dp, key=f"phases.{ph.name}.global_batch_size",
+                       fix=f"plan for {nearest} GPUs, or make global_batch_size a multiple of "
+                           f"data_parallel x micro_batch_size = {dp * mbs}")
     return dp
 
 

@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 from . import kernels
 from .checkpoint import CheckpointError, CheckpointManager, Replicate, Shard, device_mesh, to_dtensor
-from .config import ConfigError, RunConfig, check_dataset_paths, resolve_path, save_config
+from .config import (ConfigError, RunConfig, check_batch_layout, check_dataset_paths, resolve_path,
+                     save_config)
 from .data import PhaseData
 from .distributed import ParallelState, init_distributed
 from .metrics import MetricsLogger
@@ -150,15 +151,12 @@ class Trainer:
     def _check_batch_layout(self):
         """Every data-parallel rank takes whole micro-batches of the global batch."""
         gbs, mbs, dp = self.phase.global_batch_size, self.phase.micro_batch_size, self.pstate.dp_size
-        if gbs % (dp * mbs):
-            fits = [g for g in range(dp * mbs, 2 * gbs + dp * mbs, dp * mbs)]
-            nearest = min(fits, key=lambda g: (abs(g - gbs), g))
-            raise ConfigError(
-                f"global_batch_size={gbs} over {dp} data-parallel ranks is not a whole number of "
-                f"micro-batches of {mbs} per rank", file=self.config_file,
-                key=f"phases[{self.phase_index}].global_batch_size",
-                fix=f"use a multiple of data_parallel x micro_batch_size = {dp * mbs} (e.g. {nearest}), "
-                    "or change micro_batch_size or the number of ranks")
+        unit = dp * mbs
+        nearest = min(range(unit, 2 * gbs + unit, unit), key=lambda g: (abs(g - gbs), g))
+        check_batch_layout(gbs, mbs, dp, file=self.config_file,
+                           key=f"phases[{self.phase_index}].global_batch_size",
+                           fix=f"use a multiple of data_parallel x micro_batch_size = {unit} (e.g. "
+                               f"{nearest}), or change micro_batch_size or the number of ranks")
 
     def _check_fit(self):
         ps = self.pstate
