@@ -159,28 +159,26 @@ class Phase1(PipelineRun):
     def check_kept(self, n_units: int) -> None:
         """Nothing kept by reading and filtering is a ConfigError naming the drop reasons; the
         unit results, all empty, go, so that the corrected config runs without --restart."""
-        error = None
-        if self.rank == 0:
+        def check():
             units = [json.loads(self._unit_path("read", i).with_suffix(".json").read_text())
                      for i in range(n_units)]
-            if not any(c["kept"] for u in units for c in u["filter"].values()):
-                dropped = Counter()
-                for u in units:
-                    dropped.update(u["source_dropped"])
-                    for c in u["filter"].values():
-                        dropped.update(c["dropped"])
-                shutil.rmtree(self.work / "read")
-                top = dropped.most_common(1)[0][0] if dropped else ""
-                error = ConfigError(
-                    f"nothing kept of the {sum(u['read'] for u in units)} records read; dropped: "
-                    + (", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "none"),
-                    file=self.config_file, key=KEPT_KEYS.get(top, "filters"),
-                    fix="check sources[i].columns.lang / ext / path (a record's language comes from "
-                        "them: unknown_language), languages (other_language), filters and "
-                        "max_file_bytes; the drop reasons above say which")
-        error = self.comm.bcast(error, root=0)
-        if error is not None:
-            raise error
+            if any(c["kept"] for u in units for c in u["filter"].values()):
+                return
+            dropped = Counter()
+            for u in units:
+                dropped.update(u["source_dropped"])
+                for c in u["filter"].values():
+                    dropped.update(c["dropped"])
+            shutil.rmtree(self.work / "read")
+            top = dropped.most_common(1)[0][0] if dropped else ""
+            raise ConfigError(
+                f"nothing kept of the {sum(u['read'] for u in units)} records read; dropped: "
+                + (", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "none"),
+                file=self.config_file, key=KEPT_KEYS.get(top, "filters"),
+                fix="check sources[i].columns.lang / ext / path (a record's language comes from "
+                    "them: unknown_language), languages (other_language), filters and "
+                    "max_file_bytes; the drop reasons above say which")
+        self.on_rank0(check)
 
     def _my_records(self, n_units: int) -> list[Record]:
         recs = []

@@ -31,7 +31,7 @@ from ..dataset_files import PhaseOutput
 from ..indexed import merge_datasets
 from ..store import atomic_writer, load_pickle, write_bytes, write_pickle, write_text
 from ..synth.answers import answer_file
-from ..synth.client import Endpoint, EndpointAuthError, EndpointError, Reply, served_models
+from ..synth.client import Endpoint, EndpointAuthError, Reply, served_models
 from ..synth.prompts import EXTENSIONS, render, seed_values
 from ..synth.runner import RequestRunner
 from ..synth.seeds import Seed, draw_seed, file_spans, language_tokens, seed_counts
@@ -160,15 +160,7 @@ class Phase3(PipelineRun):
     # ------------------------------------------------------------------ plan and seeds
     def plan(self) -> Plan:
         path = self.work / "plan.json"
-        error = None
-        if self.rank == 0 and not path.exists():
-            try:
-                self._write_plan(path)
-            except ConfigError as e:
-                error = e
-        error = self.comm.bcast(error, root=0)
-        if error is not None:
-            raise error
+        self.on_rank0(lambda: path.exists() or self._write_plan(path))
         return Plan(**json.loads(path.read_text()))
 
     def _write_plan(self, path: Path) -> None:
@@ -277,17 +269,10 @@ class Phase3(PipelineRun):
         n_requests = sum(x is None for answers in todo.values() for x in answers)
         endpoint = self.endpoint()
         if any(self.comm.allgather(n_requests > 0)):
-            problem = root = None
-            if self.rank == 0:
-                try:
-                    endpoint.check_reachable()
-                    root = self.check_endpoint(endpoint)
-                except (EndpointError, ConfigError) as e:
-                    problem = e
-            problem, root = self.comm.bcast((problem, root), root=0)
-            if problem is not None:
-                raise problem
-            endpoint = self.endpoint(root)
+            def checked_root():
+                endpoint.check_reachable()
+                return self.check_endpoint(endpoint)
+            endpoint = self.endpoint(self.on_rank0(checked_root))
         self._pending_seeds: dict[int, list[Seed]] = {}
         mine_total = sum(len(plan.unit_seeds(u)) for u in self.mine(plan.num_units))
         with self.bar(n_requests, "requests", unit="req") as bar:

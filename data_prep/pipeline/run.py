@@ -36,18 +36,23 @@ class PipelineRun:
                     f" input {cfg.input}: the run would overwrite what it reads", file=config_file,
                     key="output", fix="give an output folder outside the input folder")
 
-    def check_work_dir(self, restart: bool) -> None:
-        """Runs the phase's _check_work_dir on rank 0; every rank raises its error, so none
-        waits forever at the next barrier."""
-        error = None
+    def on_rank0(self, fn):
+        """fn() on rank 0: its result on every rank, or its exception raised on every rank, so
+        that none waits forever at the next barrier."""
+        result = error = None
         if self.rank == 0:
             try:
-                self._check_work_dir(restart)
+                result = fn()
             except Exception as e:  # re-raised on every rank below
                 error = e
-        error = self.comm.bcast(error, root=0)
+        result, error = self.comm.bcast((result, error), root=0)
         if error is not None:
             raise error
+        return result
+
+    def check_work_dir(self, restart: bool) -> None:
+        """The phase's _check_work_dir, on rank 0 (see on_rank0)."""
+        self.on_rank0(lambda: self._check_work_dir(restart))
 
     def _check_work_dir(self, restart: bool) -> None:
         raise NotImplementedError
