@@ -1,6 +1,7 @@
 """The phase-1 pipeline end to end: planted duplicates and contamination, accounting, megatron
 reading, resumability after a kill, MPI ranks giving the same bytes, bad input."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -95,7 +96,16 @@ def test_killed_run_resumes_to_identical_output(corpus, marker):
     rc = _kill_after(cmd, env, ".work/" + marker, target)
     assert rc == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (target / "manifest.json").exists()
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    # what a writer killed before its rename leaves, also by a live pid (another node's, say)
+    stale = [target / ".work" / "read" / ".u000001.json.tmp.1", target / "python_text_document.bin.tmp.1.a1b2c3",
+             target / f".manifest.json.tmp.{os.getpid()}"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    r = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=300)
+    removed = re.search(r"removed (\d+) temporary file\(s\)", r.stdout)
+    assert removed and int(removed.group(1)) >= len(stale)   # and what the kill itself left
+    assert not [p for p in target.rglob("*") if ".tmp." in p.name]
     got, want = outputs(target), outputs(out)
     assert got.keys() == want.keys()
     for name in want:

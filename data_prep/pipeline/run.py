@@ -2,6 +2,7 @@
 stamp check, logging, progress bars, the units a rank owns and stage timings."""
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -51,8 +52,14 @@ class PipelineRun:
         return result
 
     def check_work_dir(self, restart: bool) -> None:
-        """The phase's _check_work_dir, on rank 0 (see on_rank0)."""
-        self.on_rank0(lambda: self._check_work_dir(restart))
+        """The phase's _check_work_dir, then the removal of what killed runs left half-written,
+        on rank 0 (see on_rank0) before any rank writes."""
+        def check():
+            self._check_work_dir(restart)
+            return remove_temp_files(self.out, self.work)
+        removed = self.on_rank0(check)
+        if removed:
+            self.log(f"removed {len(removed)} temporary file(s) a killed run left, e.g. {removed[0]}")
 
     def _check_work_dir(self, restart: bool) -> None:
         raise NotImplementedError
@@ -125,6 +132,24 @@ class PipelineRun:
                     merged[kind].update(part[kind])
             write_pickle(done, {k: dict(sorted(v.items())) for k, v in merged.items()})
         self.comm.barrier()
+
+
+# The temporary names of store.py (.NAME.tmp.PID), indexed.py (NAME.bin.tmp.PID.TAG, .idx too)
+# and the plots (.NAME.tmp.png): what a writer killed before its rename leaves behind.
+_TEMP_NAME = re.compile(r"^\..+\.tmp\.(\d+|png)$|\.(bin|idx)\.tmp\.\d+\.[0-9a-f]+$")
+
+
+def remove_temp_files(*folders: Path) -> list[str]:
+    """Deletes the temporary files under `folders`; -> their paths. Only at the start of a run:
+    a run owns its output and work folders, so no writer can be using one (any pid, any node)."""
+    removed = []
+    for folder in folders:
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                if _TEMP_NAME.search(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(str(path))
+    return removed
 
 
 def _flat(d, prefix: str = "") -> dict:
