@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     s.add_argument("--name", default=None, help="the model name clients send (default: MODEL as given)")
     s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     s.add_argument("--max-new-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask")
+    s.add_argument("--max-batch", type=int, default=16,
+                   help="requests decoded together (16): those waiting when the model is free")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     s.add_argument("--chat-template", default=None, help="a text file with a {messages} placeholder")

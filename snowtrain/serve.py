@@ -6,9 +6,9 @@
                               top_p, stop, seed, n (1 only)
   POST /v1/chat/completions   messages rendered to a plain prompt by CHAT_TEMPLATE
 
-It is meant for small-scale work (the quickstart's phase-3 data prep, quick evaluations): model
-calls are serialised by one lock, with no batching; production runs use vLLM, which speaks the
-same protocol. Generation stops at `<eod>` (config.json's eos_token_id), a stop string, or
+It is meant for small-scale work (the quickstart's phase-3 data prep, quick evaluations): the
+requests waiting when the model becomes free are decoded as one batch (up to --max-batch);
+production runs use vLLM (continuous batching, paged attention), which speaks the same protocol. Generation stops at `<eod>` (config.json's eos_token_id), a stop string, or
 max_tokens.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import random
 import shutil
 import signal
 import sys
@@ -29,12 +28,15 @@ from pathlib import Path
 
 import torch
 
+from .generation import BatchQueue, Decoder, Request, Result
+
 # The model is a base model: a chat is rendered to plain text, every message's content in order
 # (system, user and earlier assistant turns alike) joined by a blank line, in place of
 # "{messages}"; the model then writes the assistant turn. --chat-template FILE replaces this.
 CHAT_TEMPLATE = "{messages}\n"
 MESSAGE_SEPARATOR = "\n\n"
 DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_BATCH = 16
 INSTALL_HINT = "pip install 'snowtrain[serve]'"
 
 
@@ -66,7 +68,8 @@ class Engine:
         self.vocab = min(sp.get_piece_size(), model.config.vocab_size)  # never emit undecodable ids
         self.lock = threading.Lock()
         # transformers 5 renamed past_key_values to cache, in the call and in its output.
-        self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.decoder = Decoder(model, sp, eos_id, self.vocab, cache_key)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, *, dtype: str = "float32", tokenizer: str | None = None,
@@ -120,39 +123,13 @@ class Engine:
                  top_p: float = 1.0, stop: list[str] = (), seed: int | None = None) -> tuple[str, int, str]:
         """-> (text, completion tokens, finish_reason "stop" | "length"); the text excludes
         `<eod>` and the stop string, the token count includes them."""
-        gen = torch.Generator().manual_seed(seed % 2**63 if seed is not None else random.getrandbits(63))
-        ids = torch.tensor([prompt], device=self.device)
-        out, past, reason, text = [], None, "length", ""
-        with self.lock, torch.inference_mode():
-            for _ in range(max_tokens):
-                # Passing the mask as generate() does keeps greedy output identical to it.
-                mask = torch.ones(1, len(prompt) + len(out), dtype=torch.long, device=self.device)
-                res = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **{self.cache_key: past})
-                past = getattr(res, self.cache_key)
-                token = _pick(res.logits[0, -1, :self.vocab].float().cpu(), temperature, top_p, gen)
-                out.append(token)
-                if token == self.eos_id:
-                    reason, text = "stop", self.sp.decode(out[:-1])
-                    break
-                text = self.sp.decode(out)
-                cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    reason, text = "stop", text[:cut]
-                    break
-                ids = torch.tensor([[token]], device=self.device)
-        return text, len(out), reason
+        r = self.generate_batch([Request(prompt, max_tokens, temperature, top_p, list(stop), seed)])[0]
+        return r.text, r.tokens, r.finish_reason
 
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
-    if temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1:
-        sorted_p, order = probs.sort(descending=True)
-        drop = sorted_p.cumsum(0) - sorted_p >= top_p  # keep the smallest set reaching top_p
-        probs = probs.clone()
-        probs[order[drop]] = 0
-    return int(torch.multinomial(probs, 1, generator=gen))
+    def generate_batch(self, requests: list[Request]) -> list[Result]:
+        """Decodes the requests together (one batch, each with its own settings)."""
+        with self.lock:
+            return self.decoder.run(requests)
 
 
 # ---- request validation: every error names the field, as OpenAI's do ----
@@ -281,9 +258,11 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True  # in-flight requests do not hold up shutdown
 
     def __init__(self, engine: Engine, address: tuple[str, int], *, name: str, chat_template: str = CHAT_TEMPLATE,
-                 api_key: str | None = None, max_new_tokens_limit: int | None = None):
+                 api_key: str | None = None, max_new_tokens_limit: int | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH):
         super().__init__(address, Handler)
         self.engine, self.name, self.chat_template = engine, name, chat_template
+        self.batches = BatchQueue(engine.generate_batch, max_batch)
         self.api_key, self.limit = api_key, max_new_tokens_limit
 
     @property
@@ -317,12 +296,11 @@ class Server(ThreadingHTTPServer):
                 raise APIError(400, "'prompt' must be a string or a non-empty list of strings", "prompt")
         encoded = [self.engine.encode(p) for p in prompts]
         params = [_sampling(body, self.engine, self.limit, len(ids)) for ids in encoded]  # all checked first
-        choices, used = [], 0
-        for i, (ids, kw) in enumerate(zip(encoded, params)):
-            text, n, reason = self.engine.generate(ids, **kw)
-            used += n
-            choices.append({"index": i, "finish_reason": reason, "logprobs": None,
-                            **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})})
+        results = self.batches.submit([Request(ids, **kw) for ids, kw in zip(encoded, params)])
+        choices = [{"index": i, "finish_reason": r.finish_reason, "logprobs": None,
+                    **({"message": {"role": "assistant", "content": r.text}} if chat else {"text": r.text})}
+                   for i, r in enumerate(results)]
+        used = sum(r.tokens for r in results)
         prompt_tokens = sum(map(len, encoded))
         return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion" if chat else "text_completion",
@@ -334,13 +312,14 @@ class Server(ThreadingHTTPServer):
 def start_server(model: str | os.PathLike | Engine, *, host: str = "127.0.0.1", port: int = 0,
                  name: str | None = None, dtype: str = "float32", chat_template: str = CHAT_TEMPLATE,
                  api_key: str | None = None, max_new_tokens_limit: int | None = None,
-                 tokenizer: str | None = None, threads: int | None = None, device: str = "auto"):
+                 tokenizer: str | None = None, threads: int | None = None, device: str = "auto",
+                 max_batch: int = DEFAULT_MAX_BATCH):
     """Loads the model (unless given an Engine) and serves it on a daemon thread.
     -> (server, thread, url); stop with server.shutdown(); server.server_close()."""
     engine = model if isinstance(model, Engine) else Engine.load(model, dtype=dtype, tokenizer=tokenizer,
                                                                  threads=threads, device=device)
     server = Server(engine, (host, port), name=name or str(model), chat_template=chat_template,
-                    api_key=api_key, max_new_tokens_limit=max_new_tokens_limit)
+                    api_key=api_key, max_new_tokens_limit=max_new_tokens_limit, max_batch=max_batch)
     thread = threading.Thread(target=server.serve_forever, name="snowtrain-serve", daemon=True)
     thread.start()
     return server, thread, server.url
@@ -349,6 +328,8 @@ def start_server(model: str | os.PathLike | Engine, *, host: str = "127.0.0.1", 
 def serve_command(args) -> int:
     """`snowtrain serve`: runs until Ctrl-C or SIGTERM; 2 on a user error."""
     try:
+        if args.max_batch < 1:
+            raise ServeError(f"--max-batch must be at least 1, got {args.max_batch}")
         template = CHAT_TEMPLATE
         if args.chat_template:
             template = Path(args.chat_template).read_text()
@@ -362,7 +343,8 @@ def serve_command(args) -> int:
         engine = Engine.load(args.model, dtype=args.dtype, tokenizer=args.tokenizer, threads=args.threads,
                              device=args.device)
         server = Server(engine, (args.host, args.port), name=args.name or args.model, chat_template=template,
-                        api_key=api_key, max_new_tokens_limit=args.max_new_tokens_limit)
+                        api_key=api_key, max_new_tokens_limit=args.max_new_tokens_limit,
+                        max_batch=args.max_batch)
     except (ServeError, OSError) as e:
         print(f"snowtrain serve: {e}", file=sys.stderr)
         return 2

@@ -205,7 +205,8 @@ def test_tiny_model_end_to_end(tmp_path, hf_dir, capsys, humaneval):
     summary = json.loads((out / "summary.json").read_text())
     samples, results = _jsonl(out / "samples.jsonl"), _jsonl(out / "results.jsonl")
     ids = [p.task_id for p in humaneval[:3]]
-    assert [s["task_id"] for s in samples] == ids and sorted(r["task_id"] for r in results) == ids
+    # samples.jsonl is in the order they were made: batches of like-length prompts
+    assert sorted(s["task_id"] for s in samples) == ids and sorted(r["task_id"] for r in results) == ids
     for s in samples:
         assert 1 <= s["tokens"] <= 16 and s["finish_reason"] in ("stop", "length")
         assert not any(stop in s["completion"] for stop in summary["generation"]["stop"])
@@ -265,6 +266,17 @@ def test_endpoint_gives_the_local_completions(tmp_path, hf_dir, humaneval):
         "failed: the prompt is longer than the model's context"
 
 
+def test_batched_generation_gives_the_one_at_a_time_samples(tmp_path, hf_dir):
+    """--batch-size 1 decodes each sample alone; batches of 5 mix problems and samples."""
+    common = ["--limit", 4, "--samples", 3, "--temperature", 0.8, "--max-new-tokens", 12, "--workers", 2]
+    assert eval_cli(hf_dir, *common, "--batch-size", 1, "--out", tmp_path / "one") == 0
+    assert eval_cli(hf_dir, *common, "--batch-size", 5, "--out", tmp_path / "five") == 0
+    one, five = (sorted(_jsonl(tmp_path / n / "samples.jsonl"), key=lambda s: (s["task_id"], s["sample"]))
+                 for n in ("one", "five"))
+    assert len(one) == 12 and one == five
+    assert len({s["completion"] for s in one}) > 4   # sampled: the seeds differ per sample
+
+
 # ---- user errors: exit 2 with the cause ----
 
 def test_bad_problems_files_name_the_file_and_line(tmp_path, capsys, humaneval):
@@ -303,6 +315,8 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert "--temperature" in capsys.readouterr().err
     assert eval_cli() == 2
     assert eval_cli(tmp_path, "--model", "x") == 2
+    assert eval_cli(tmp_path, "--batch-size", 0) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
 
 
 def test_stop_option_reads_escapes():

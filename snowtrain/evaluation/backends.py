@@ -39,31 +39,40 @@ def cut_at_stop(text: str, stop) -> tuple[str, bool]:
 
 
 class LocalBackend:
-    """Generates with snowtrain serve's Engine (the same tokenization and sampling as the server)."""
+    """Generates with snowtrain serve's Engine (the same tokenization and sampling as the server),
+    `batch_size` prompts decoded together."""
     concurrency = 1   # the engine serialises calls
 
     def __init__(self, model_dir: str, *, dtype: str = "float32", tokenizer: str | None = None,
-                 threads: int | None = None, device: str = "auto"):
+                 threads: int | None = None, device: str = "auto", batch_size: int = 16):
         from ..serve import Engine, ServeError
         try:
             self.engine = Engine.load(model_dir, dtype=dtype, tokenizer=tokenizer, threads=threads,
                                       device=device)
         except (ServeError, OSError) as e:
             raise BackendError(str(e)) from None
-        self.context = self.engine.context
+        self.context, self.batch_size = self.engine.context, batch_size
         if threads is None and sum(p.numel() for p in self.engine.model.parameters()) < SMALL_MODEL:
             import torch
             torch.set_num_threads(1)
 
     def complete(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float,
                  stop, seed: int) -> Completion:
-        ids = self.engine.encode(prompt)
-        room = self.context - len(ids)
-        if room < 1:
-            return Completion("", TOO_LONG, 0)
-        text, n, reason = self.engine.generate(ids, min(max_tokens, room), temperature=temperature,
-                                               top_p=top_p, stop=list(stop), seed=seed)
-        return Completion(text, reason, n)
+        return self.complete_batch([(prompt, seed)], max_tokens=max_tokens, temperature=temperature,
+                                   top_p=top_p, stop=stop)[0]
+
+    def complete_batch(self, prompts: list[tuple[str, int]], *, max_tokens: int, temperature: float,
+                       top_p: float, stop) -> list[Completion]:
+        """prompts: (prompt, seed) pairs, decoded as one batch -> their completions in order."""
+        from ..generation import Request
+        reqs = []
+        for prompt, seed in prompts:
+            ids = self.engine.encode(prompt)
+            room = self.context - len(ids)
+            reqs.append(Request(ids, min(max_tokens, room), temperature, top_p, list(stop), seed))
+        results = self.engine.generate_batch(reqs)
+        return [Completion("", TOO_LONG, 0) if r.max_tokens < 1 else Completion(res.text, res.finish_reason, res.tokens)
+                for r, res in zip(reqs, results)]
 
 
 # What vLLM and snowtrain serve say when prompt + max_tokens exceed the context.
@@ -85,7 +94,7 @@ class EndpointBackend:
     connections (data_prep's client); any other error stops the run."""
 
     def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
-                 concurrency: int = 4, timeout_s: float = 600.0):
+                 concurrency: int = 16, timeout_s: float = 600.0):
         from data_prep.synth.client import Endpoint, EndpointError
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else base + "/v1"

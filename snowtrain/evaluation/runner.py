@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .backends import DEFAULT_STOP, TOO_LONG
+from .backends import DEFAULT_STOP, TOO_LONG, Completion
 from .execution import Limits, program, run_jobs, run_program
 from .plus_check import check_plus
 from .problems import Problem, problems_digest
@@ -128,16 +128,31 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 def _generate(backend, todo, gen: Generation, samples: dict, log: Log, bar) -> None:
-    def one(item):
+    def keep(item, c: Completion):
         p, i = item
-        c = backend.complete(p.prompt, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                             top_p=gen.top_p, stop=gen.stop, seed=sample_seed(gen.seed, p.task_id, i))
         rec = {"task_id": p.task_id, "sample": i, "completion": c.text,
                "finish_reason": c.finish_reason, "tokens": c.tokens}
         log.append(rec)
         samples[(p.task_id, i)] = rec
         bar.update()
 
+    def one(item):
+        p, i = item
+        keep(item, backend.complete(p.prompt, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                                    top_p=gen.top_p, stop=gen.stop, seed=sample_seed(gen.seed, p.task_id, i)))
+
+    size = getattr(backend, "batch_size", 1)
+    if size > 1:
+        # prompts of like length share a batch: less padding (samples of one problem are neighbours)
+        todo = sorted(todo, key=lambda item: len(item[0].prompt))
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            done = backend.complete_batch([(p.prompt, sample_seed(gen.seed, p.task_id, i)) for p, i in batch],
+                                          max_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                                          top_p=gen.top_p, stop=gen.stop)
+            for item, c in zip(batch, done):
+                keep(item, c)
+        return
     if backend.concurrency <= 1:
         for item in todo:
             one(item)
