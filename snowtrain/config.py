@@ -197,6 +197,20 @@ class ValidationConfig:
 
 
 @dataclass
+class ProfileConfig:
+    # torch.profiler on steps start_step .. start_step + steps - 1 of each phase (the step before
+    # them warms the profiler up), on the listed ranks (null: every rank); traces and operator
+    # tables go to `dir` (null: <logging.dir>/profile). See docs/training.md, "Profiling".
+    enabled: bool = False
+    start_step: int = 10
+    steps: int = 3
+    ranks: Optional[list[int]] = field(default_factory=lambda: [0])
+    dir: Optional[str] = None
+    record_shapes: bool = False
+    memory: bool = False
+
+
+@dataclass
 class TrainingConfig:
     # A non-finite loss or gradient norm: "stop" saves the last good state and stops with a
     # message; "skip" drops the batch and goes on (at most max_skips times in a row).
@@ -223,6 +237,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     # Tokenizer model the datasets were written with (for decoding and vocab checks).
     tokenizer: Optional[str] = None
 
@@ -634,6 +649,11 @@ def validate_config(cfg: RunConfig, file=None) -> RunConfig:
         raise err(f"interval must be >= 0 and sequences >= 1, got {cfg.validation.interval} and "
                   f"{cfg.validation.sequences}", "validation",
                   "use e.g. interval: 1000 (0: at the end of each phase only), sequences: 64")
+    prof = cfg.profile
+    if prof.start_step < 1 or prof.steps < 1 or any(r < 0 for r in prof.ranks or []):
+        raise err(f"start_step and steps must be >= 1 and ranks >= 0, got start_step={prof.start_step}, "
+                  f"steps={prof.steps}, ranks={prof.ranks}", "profile",
+                  "use e.g. start_step: 10, steps: 3, ranks: [0] (null: every rank)")
     if cfg.validation.interval > 0 and cfg.data.valid_fraction <= 0:
         raise err(f"validation every {cfg.validation.interval} steps, but data.valid_fraction is "
                   f"{cfg.data.valid_fraction}: nothing is held out", "validation.interval",

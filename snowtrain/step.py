@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,11 +42,14 @@ def train_step(model, optimizer, microbatches: list[dict], lr: float, pstate=Non
     loss_acc = torch.zeros((), dtype=torch.float64, device=device)
     for i, mb in enumerate(microbatches):
         optimizer.last_microbatch = i == len(microbatches) - 1
-        loss_sum, _ = model(mb["tokens"].to(device), mb["labels"].to(device), mb["loss_mask"].to(device))
-        (loss_sum / total).backward()
+        with record_function("forward"):
+            loss_sum, _ = model(mb["tokens"].to(device), mb["labels"].to(device), mb["loss_mask"].to(device))
+        with record_function("backward"):
+            (loss_sum / total).backward()
         loss_acc += loss_sum.detach().double()
     loss = _all_reduce(loss_acc.reshape(1), dp_group, distributed).item() / total
-    optimizer.finish_grad_sync()
+    with record_function("grad_sync"):
+        optimizer.finish_grad_sync()
     norm = optimizer.grad_norm()
     finite = torch.tensor([float(math.isfinite(loss) and math.isfinite(norm))], device=device)
     if distributed:  # every rank must take the same decision
@@ -55,5 +59,6 @@ def train_step(model, optimizer, microbatches: list[dict], lr: float, pstate=Non
             optimizer.zero_grad()
             return StepResult(loss, norm, int(total), skipped=True)
         raise NonFiniteLoss(f"loss {loss} / gradient norm {norm} is not finite")
-    optimizer.step(lr, norm)
+    with record_function("optimizer"):
+        optimizer.step(lr, norm)
     return StepResult(loss, norm, int(total))

@@ -23,6 +23,7 @@ from .model import Llama, TPGroup
 from .optim import DistributedOptimizer, lr_at
 from .optim.optimizer import zero_dim
 from .plan import GiB, fit_problem, flops_per_token
+from .profiling import StepProfiler
 from .step import NonFiniteLoss, train_step
 from .validation import Validator
 
@@ -147,6 +148,10 @@ class Trainer:
         self.tokens_seen = 0
         self.steps = self.data.total_steps
         self.flops_per_token = flops_per_token(cfg, self.phase.seq_len)
+        prof_dir = (Path(resolve_path(cfg.profile.dir, "profile.dir", config_file)) if cfg.profile.dir
+                    else log_dir / "profile")
+        self.profiler = StepProfiler(cfg.profile, phase=self.phase.name, phase_steps=self.steps, rank=ps.rank,
+                                     device=ps.device, out_dir=prof_dir, say=lambda msg: print(msg, flush=True))
 
     def _check_batch_layout(self):
         """Every data-parallel rank takes whole micro-batches of the global batch."""
@@ -279,6 +284,7 @@ class Trainer:
             for microbatches in batches:
                 t0 = time.time()
                 lr = lr_at(self.step, self.phase.schedule, self.steps, cfg.optim.lr)
+                self.profiler.before_step(self.step)
                 try:
                     res = train_step(self.model, self.opt, microbatches, lr, ps, cfg.training.on_nonfinite)
                 except NonFiniteLoss as e:
@@ -302,6 +308,7 @@ class Trainer:
                 self.step += 1
                 self.tokens_seen += tokens_per_step
                 last_loss = res.loss
+                self.profiler.after_step(self.step)
                 dt = time.time() - t0
                 elapsed = time.time() - t_start
                 tok_s = tokens_per_step / dt
@@ -340,6 +347,7 @@ class Trainer:
                 self.metrics.event(f"{self.phase.name} complete at step {self.step}: {path}")
             path = self.ckpt.wait()
         finally:
+            self.profiler.close()
             stop.uninstall()
         return PhaseResult(self.phase.name, status, self.step, self.steps, last_loss,
                            str(path) if path else None)
