@@ -221,6 +221,10 @@ class TrainingConfig:
     gpu_memory_gib: Optional[float] = None
     # Peak dense bf16 FLOP/s of one accelerator, for MFU (989 TFLOP/s: H100 SXM datasheet).
     peak_tflops: float = 989.0
+    # A rank that finishes no step, validation or save for this long after its first step is
+    # hung: it prints every thread's stack and exits 4, which the SLURM scripts requeue (our
+    # choice: 30 minutes, well above a step plus a save of the 1.3B model). null: never.
+    hang_timeout_s: Optional[float] = 1800.0
 
 
 @dataclass
@@ -649,6 +653,9 @@ def validate_config(cfg: RunConfig, file=None) -> RunConfig:
         raise err(f"interval must be >= 0 and sequences >= 1, got {cfg.validation.interval} and "
                   f"{cfg.validation.sequences}", "validation",
                   "use e.g. interval: 1000 (0: at the end of each phase only), sequences: 64")
+    if cfg.training.hang_timeout_s is not None and not cfg.training.hang_timeout_s > 0:
+        raise err(f"must be positive or null, got {cfg.training.hang_timeout_s}", "training.hang_timeout_s",
+                  "use e.g. 1800 (longer than a step plus a checkpoint save), or null to never time out")
     prof = cfg.profile
     if prof.start_step < 1 or prof.steps < 1 or any(r < 0 for r in prof.ranks or []):
         raise err(f"start_step and steps must be >= 1 and ranks >= 0, got start_step={prof.start_step}, "

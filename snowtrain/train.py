@@ -26,6 +26,7 @@ from .plan import GiB, fit_problem, flops_per_token
 from .profiling import StepProfiler
 from .step import NonFiniteLoss, train_step
 from .validation import Validator
+from .watchdog import HangWatchdog
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 # what a checkpoint's tensors and sample streams are laid out by: a resumed run must keep them
@@ -150,6 +151,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg, self.phase.seq_len)
         prof_dir = (Path(resolve_path(cfg.profile.dir, "profile.dir", config_file)) if cfg.profile.dir
                     else log_dir / "profile")
+        self.watchdog = HangWatchdog(cfg.training.hang_timeout_s, rank=ps.rank)
         self.profiler = StepProfiler(cfg.profile, phase=self.phase.name, phase_steps=self.steps, rank=ps.rank,
                                      device=ps.device, out_dir=prof_dir, say=lambda msg: print(msg, flush=True))
 
@@ -254,8 +256,10 @@ class Trainer:
         extra = {"step": self.step, "global_step": self.global_step_offset + self.step,
                  "phase": self.phase.name, "tokens_seen": self.tokens_seen,
                  "data": self.data.state_dict()}
-        return self.ckpt.save(checkpoint_state(self.model, self.opt, self.mesh, extra), self.step,
+        path = self.ckpt.save(checkpoint_state(self.model, self.opt, self.mesh, extra), self.step,
                               self.phase.name, phase_end=phase_end)
+        self.watchdog.beat(f"the checkpoint of step {self.step}")
+        return path
 
     def validate(self) -> dict | None:
         """The validation losses now (collective), logged; None without held-out data."""
@@ -263,6 +267,7 @@ class Trainer:
             return None
         t0 = time.time()
         losses = self.validator.run(self.model)
+        self.watchdog.beat(f"validation at step {self.step}")
         self.metrics.log({"phase": self.phase.name, "step": self.step, "steps": self.steps,
                           "global_step": self.global_step_offset + self.step, **losses,
                           "valid_s": time.time() - t0}, force=True)
@@ -309,6 +314,7 @@ class Trainer:
                 self.tokens_seen += tokens_per_step
                 last_loss = res.loss
                 self.profiler.after_step(self.step)
+                self.watchdog.beat(f"step {self.step}")
                 dt = time.time() - t0
                 elapsed = time.time() - t_start
                 tok_s = tokens_per_step / dt
@@ -347,6 +353,7 @@ class Trainer:
                 self.metrics.event(f"{self.phase.name} complete at step {self.step}: {path}")
             path = self.ckpt.wait()
         finally:
+            self.watchdog.stop()
             self.profiler.close()
             stop.uninstall()
         return PhaseResult(self.phase.name, status, self.step, self.steps, last_loss,

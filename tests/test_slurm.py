@@ -339,6 +339,42 @@ def test_config_error_exits_2_without_requeue(cluster, data, tmp_path):
     assert "lrr" in log and "does not validate" in log, log
 
 
+# Hangs its rank inside the 15th training step of the job's first run (SLURM_RESTART_COUNT unset).
+HANG_HOOK = """
+import os, time
+if not os.environ.get("SLURM_RESTART_COUNT") and os.environ.get("SLURM_PROCID") is not None:
+    import snowtrain.train as t
+    calls, real = [0], t.train_step
+
+    def hanging_step(*a, **k):
+        calls[0] += 1
+        if calls[0] == 15:
+            time.sleep(600)
+        return real(*a, **k)
+    t.train_step = hanging_step
+"""
+
+
+def test_hung_rank_exits_4_and_the_job_requeues_and_resumes(cluster, data, tmp_path):
+    config = write_recipe(tmp_path, data, steps=30, phases=1)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_HOOK)
+    env = job_env(cluster, config, SNOWTRAIN_SET="training.hang_timeout_s=5")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    jid = sbatch(cluster, tmp_path, env, *CPU, "--ntasks-per-node=1", "--job-name=hang",
+                 str(SLURM_DIR / "phase1.sh"))
+    info = wait_job(cluster, jid)
+    first, second = run_log(tmp_path, "hang", jid, 0), run_log(tmp_path, "hang", jid, 1)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, show(tmp_path, "hang", jid))
+    assert "rank 0: hung: nothing finished for" in first and "hanging_step" in first, first[-3000:]
+    assert "training exited 4" in first and "hang 1 of at most 3" in first and "requeueing job" in first
+    assert re.search(r"resumed p1 from \S+/p1/step_00000010 at step 10 \(SLURM_RESTART_COUNT=1\)", second), \
+        second[-3000:]
+    assert final_loss(tmp_path / "logs")[0] == 30
+    assert (log_dir(tmp_path, "hang", jid) / "hangs").read_text().strip() == "1"
+
+
 # ----------------------------------------------------------------------------- two nodes
 
 def test_two_node_job_ranks_meet_across_nodes(cluster, data, tmp_path):

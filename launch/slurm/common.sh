@@ -340,6 +340,21 @@ st_requeue() {
     exit 3
 }
 
+# st_requeue_hung: a rank found itself hung (exit 4: no step for training.hang_timeout_s; its
+# stacks are in the log). Requeued, as the cause is often a node or the network, at most
+# SNOWTRAIN_MAX_HANG_RESTARTS times (default 3) over the job's runs: a hang that comes back
+# every time needs a person. Exits.
+st_requeue_hung() {
+    local count_file="$ST_LOG_DIR/hangs" n
+    n=$(($(cat "$count_file" 2>/dev/null || echo 0) + 1))
+    echo "$n" >"$count_file"
+    if ((n > ${SNOWTRAIN_MAX_HANG_RESTARTS:-3})); then
+        st_log "a rank hung (exit 4), for the ${n}th time in this job: over SNOWTRAIN_MAX_HANG_RESTARTS=${SNOWTRAIN_MAX_HANG_RESTARTS:-3}, not requeueing; the ranks' stacks are in the log"
+        exit 4
+    fi
+    st_requeue "a rank hung (exit 4, hang $n of at most ${SNOWTRAIN_MAX_HANG_RESTARTS:-3}; its stacks are in the log); the latest committed checkpoint is the resume point"
+}
+
 # ----------------------------------------------------------------------------- training
 
 # st_train_phase INDEX [ARGS...]: trains the recipe's INDEX-th phase (1-based), or
@@ -406,6 +421,7 @@ st_train_phase() {
         0) st_log "phase $phase finished (or reached --max-steps)"; exit 0 ;;
         2) st_die 2 "configuration error: not requeueing" ;;
         3) st_requeue "stopped with a checkpoint saved" ;;
+        4) st_requeue_hung ;;
     esac
     if [[ -n $ST_STOP_SIGNAL ]]; then
         # Ranks killed while stopping (e.g. by --kill-on-bad-exit once the first rank exited 3).

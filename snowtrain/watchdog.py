@@ -1,0 +1,60 @@
+"""Hang detection: a rank on which no training step (nor validation, nor checkpoint save) has
+finished for `training.hang_timeout_s` seconds is stuck (a dead peer in a collective, a stalled
+file system, a deadlocked loader worker). It prints why, the Python stack of every thread, and
+exits with HUNG_EXIT, so that the job ends and the SLURM scripts requeue it from the latest
+committed checkpoint, instead of holding its nodes until the time limit.
+
+The clock starts at the first step's end (the first step also compiles, builds the extension
+and warms the caches); every later step, validation and save restarts it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+
+HUNG_EXIT = 4
+
+
+class HangWatchdog:
+    def __init__(self, timeout_s: float | None, *, rank: int, exit_code: int = HUNG_EXIT):
+        self.timeout_s, self.rank, self.exit_code = timeout_s, rank, exit_code
+        self._last = time.monotonic()
+        self._what = "start"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, what: str) -> None:
+        """`what` just finished (e.g. "step 12"); starts the clock on the first call."""
+        self._last, self._what = time.monotonic(), what
+        if self.timeout_s and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="snowtrain-hang-watchdog", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _watch(self) -> None:
+        poll = min(5.0, self.timeout_s / 10)
+        while not self._stop.wait(poll):
+            idle = time.monotonic() - self._last
+            if idle > self.timeout_s:
+                self._fire(idle)
+
+    def _fire(self, idle: float) -> None:
+        err = sys.stderr
+        print(f"rank {self.rank}: hung: nothing finished for {idle:.0f} s since {self._what} "
+              f"(training.hang_timeout_s={self.timeout_s:g}); the stack of every thread follows",
+              file=err, flush=True)
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            print(f"\nthread {names.get(ident, ident)}:\n" + "".join(traceback.format_stack(frame)),
+                  file=err, flush=True)
+        print(f"rank {self.rank}: exiting {self.exit_code} (hung); the job resumes from the latest "
+              "committed checkpoint", file=err, flush=True)
+        os._exit(self.exit_code)
