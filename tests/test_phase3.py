@@ -570,6 +570,80 @@ def test_mpi_ranks_give_identical_bytes(reference, seeds_dir, tmp_path):
     assert _outputs(tmp_path / "out") == _outputs(ref)
 
 
+def _seed_texts(out: Path) -> Counter:
+    return Counter((a["lang"], a["source"]["file"], tuple(a["source"]["lines"]), a["seed_text"])
+                   for a in gen_answers(out))
+
+
+def test_more_seeds_on_a_rerun_top_up_and_keep_every_answer(seeds_dir, tmp_path):
+    """12 seeds, then 20: only the 8 new ones are requested and the first run's units stay byte
+    for byte; the result holds the same seeds, files and drops as one run of 20 (shares that
+    split 12, 8 and 20 exactly). Fewer seeds than planned is refused."""
+    server = ScriptedLLM(stateless)
+    common = dict(endpoint={"concurrency": 2}, max_error_fraction=0.5, unit_size=5,
+                  languages=["c", "python"], language_shares={"python": 0.5, "c": 0.5})
+    try:
+        cfg = write_config(tmp_path / "c.yaml", seeds_dir, tmp_path / "out", server.url, num_seeds=12, **common)
+        assert cli(cfg).returncode == 0
+        gen = tmp_path / "out" / ".work" / "gen"
+        first = {p.name: p.read_bytes() for p in gen.glob("u*.jsonl")}
+        assert sorted(first) == ["u000000.jsonl", "u000001.jsonl", "u000002.jsonl"]   # 5 + 5 + 2
+        answered = {(a["source"]["file"], tuple(a["source"]["lines"])) for a in gen_answers(tmp_path / "out")
+                    if a["error"] is None}
+        before = Counter(server.per_key)
+        r = cli(cfg, "--set", "num_seeds=20")
+        assert r.returncode == 0, r.stderr
+        assert "top-up: 8 more seeds (c 4, python 4) after the 12 already planned" in r.stdout
+        assert {p.name: p.read_bytes() for p in gen.glob("u*.jsonl") if p.name in first} == first
+        assert sorted(p.name for p in gen.glob("u*.jsonl")) == [f"u{u:06d}.jsonl" for u in range(5)]
+        new = {k: n - before[k] for k, n in server.per_key.items() if n > before[k]}
+        assert not any(k in before and (k[0], k[1]) in answered for k in new)  # no answered seed again
+        assert sum(k not in before for k in new) == 8
+        m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+        assert m["totals"]["requested"] == 20 and m["totals"]["kept"] + m["totals"]["dropped"] == 20
+
+        one = write_config(tmp_path / "one.yaml", seeds_dir, tmp_path / "one", server.url, num_seeds=20, **common)
+        assert cli(one).returncode == 0
+        m1 = json.loads((tmp_path / "one" / "manifest.json").read_text())
+        assert _seed_texts(tmp_path / "out") == _seed_texts(tmp_path / "one")
+        assert {k: v["dropped"] for k, v in m["languages"].items()} == \
+            {k: v["dropped"] for k, v in m1["languages"].items()}
+        contents = [sorted(json.loads(line)["content"] for line in (o / "synthetic.jsonl").read_text().splitlines())
+                    for o in (tmp_path / "out", tmp_path / "one")]
+        assert contents[0] == contents[1] and contents[0]
+
+        again = server.requests
+        assert cli(cfg, "--set", "num_seeds=20").returncode == 0 and server.requests == again
+        r = cli(cfg, "--set", "num_seeds=16")
+        assert r.returncode == 2 and "holds a plan of 20 seeds" in r.stderr and "can grow" in r.stderr
+    finally:
+        server.close()
+
+
+def test_a_target_missed_names_the_top_up_that_reaches_it(seeds_dir, tmp_path):
+    import math
+    server = ScriptedLLM(lambda lang, key: "ok")
+    try:
+        cfg = write_config(tmp_path / "c.yaml", seeds_dir, tmp_path / "out", server.url, num_seeds=None,
+                           target_tokens=4000, tokens_per_seed=1000, unit_size=4)
+        r = cli(cfg)
+        assert r.returncode == 0, r.stderr
+        kept = json.loads((tmp_path / "out" / "manifest.json").read_text())["totals"]["tokens"]
+        assert 0 < kept < 4000   # 4 seeds of far fewer than 1000 tokens each
+        m = re.search(r"kept ([\d,]+) tokens, (\d+)% of target_tokens 4,000: ([\d.]+) kept tokens per seed, "
+                      r"not tokens_per_seed 1000\. To top up, rerun with --set tokens_per_seed=([\d.]+): "
+                      r"about (\d+) more seeds are requested and the 4 answered are kept", r.stdout)
+        assert m, r.stdout
+        assert int(m.group(1).replace(",", "")) == kept and m.group(3) == m.group(4)
+        assert abs(float(m.group(3)) - kept / 4) <= 0.0501
+        r = cli(cfg, "--set", f"tokens_per_seed={m.group(4)}")
+        assert r.returncode == 0, r.stderr
+        total = math.ceil(4000 / float(m.group(4)))
+        assert f"top-up: {total - 4} more seeds" in r.stdout and server.requests == total
+    finally:
+        server.close()
+
+
 def test_changed_checks_are_redone_without_requests(mixed_run):
     """Other filters: the saved answers are checked again; nothing is requested (the server is
     gone). Other prompts: the saved answers do not fit, and --restart is the way."""

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,29 +69,63 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 @dataclass
 class Plan:
-    """How many seeds each language gets; seed i is number i - offset[lang] of its language."""
+    """How many seeds each language gets, in rounds: the first run's seeds, then those each
+    top-up adds (a rerun asking for more seeds). A round starts on a unit boundary, so the units
+    of earlier rounds never change; seed i is in unit i // unit_size, and the k-th seed of a
+    language in a round is that language's seed number (its seeds in earlier rounds) + k."""
     languages: list[str]
     tokens: dict[str, int]
-    counts: dict[str, int]
+    counts: dict[str, int]              # every round's seeds together, per language
     unit_size: int
+    rounds: list[dict] | None = None    # [{"counts": {lang: n}, "first_unit": u}]; None: one round
+
+    def __post_init__(self):
+        if self.rounds is None:
+            self.rounds = [{"counts": dict(self.counts), "first_unit": 0}]
 
     @property
     def num_seeds(self) -> int:
         return sum(self.counts.values())
 
+    def _round_units(self, r: dict) -> int:
+        return math.ceil(sum(r["counts"].values()) / self.unit_size)
+
     @property
     def num_units(self) -> int:
-        return math.ceil(self.num_seeds / self.unit_size)
+        return self.rounds[-1]["first_unit"] + self._round_units(self.rounds[-1])
+
+    def _round(self, u: int) -> int:
+        return max(k for k, r in enumerate(self.rounds) if r["first_unit"] <= u)
 
     def unit_seeds(self, u: int) -> range:
-        return range(u * self.unit_size, min(self.num_seeds, (u + 1) * self.unit_size))
+        r = self.rounds[self._round(u)]
+        end = r["first_unit"] * self.unit_size + sum(r["counts"].values())
+        return range(u * self.unit_size, min(end, (u + 1) * self.unit_size))
 
     def locate(self, i: int) -> tuple[str, int]:
+        k = self._round(i // self.unit_size)
+        r = self.rounds[k]
+        pos = i - r["first_unit"] * self.unit_size
         for lang in self.languages:
-            if i < self.counts[lang]:
-                return lang, i
-            i -= self.counts[lang]
+            n = r["counts"].get(lang, 0)
+            if pos < n:
+                return lang, sum(e["counts"].get(lang, 0) for e in self.rounds[:k]) + pos
+            pos -= n
         raise IndexError(i)
+
+    def add_round(self, counts: dict[str, int]) -> "Plan":
+        """This plan with one more round of `counts` seeds."""
+        total = Counter(self.counts)
+        total.update(counts)
+        return Plan(sorted(total), self.tokens, dict(sorted(total.items())), self.unit_size,
+                    [*self.rounds, {"counts": dict(sorted(counts.items())), "first_unit": self.num_units}])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+# The keys that size the run: a rerun that asks for more seeds (top-up) keeps every answer.
+SIZE_KEYS = {"num_seeds", "target_tokens", "tokens_per_seed", "language_shares"}
 
 
 class Phase3(PipelineRun):
@@ -127,9 +161,48 @@ class Phase3(PipelineRun):
             (self.work / name).unlink(missing_ok=True)
         write_text(stamp, text)
 
+    def _wanted_seeds(self) -> int:
+        cfg = self.cfg
+        return cfg.num_seeds or math.ceil(cfg.target_tokens / cfg.tokens_per_seed)
+
+    def _top_up(self) -> None:
+        """A rerun that changes only what sizes the run (SIZE_KEYS) keeps the plan and every
+        answer: more seeds become a new round, drawn on from where each language's seeds
+        stopped (the increment split by the current language_shares); the checks after
+        generation are redone over all of them. Fewer seeds is a ConfigError."""
+        stamp, text, path = self.work / "config.yaml", generation_stamp(self.cfg), self.work / "plan.json"
+        if not stamp.exists() or stamp.read_text() == text or not path.exists():
+            return
+        old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(text)
+        changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+        if not changed <= SIZE_KEYS:
+            return   # the stamp check names what else changed
+        plan, want = Plan(**json.loads(path.read_text())), self._wanted_seeds()
+        if want < plan.num_seeds:
+            raise ConfigError(
+                f"{self.work} holds a plan of {plan.num_seeds} seeds; the config now asks for {want} "
+                f"({', '.join(sorted(changed))} changed): a phase-3 run can grow, keeping its "
+                "answers, but not shrink", file=self.config_file, key=sorted(changed)[0],
+                fix=f"ask for at least {plan.num_seeds} seeds, or start over with --restart (every "
+                    "seed is requested again)")
+        if want > plan.num_seeds:
+            counts = {k: v for k, v in seed_counts(want - plan.num_seeds, self.cfg.language_shares,
+                                                   plan.tokens).items() if v}
+            for lang in sorted(set(counts) - set(plan.languages)):
+                self._write_spans(lang)
+            write_text(path, plan.add_round(counts).to_json())
+            (self.work / "generated.json").unlink(missing_ok=True)
+            shutil.rmtree(self.post, ignore_errors=True)
+            self.log(f"top-up: {want - plan.num_seeds} more seeds ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+                     f" after the {plan.num_seeds} already planned, whose answers are kept")
+        else:
+            self.log(f"{', '.join(sorted(changed))} changed but the run still has {want} seeds: nothing to add")
+        write_text(stamp, text)
+
     def _check_work_dir(self, restart: bool) -> None:
         if not restart:
             self._forget_unanswered()
+            self._top_up()
         self.write_stamp(self.work / "config.yaml", generation_stamp(self.cfg), restart,
                          discards="the saved answers: everything is requested again")
         post = self.post / "config.yaml"
@@ -153,9 +226,25 @@ class Phase3(PipelineRun):
         manifest = None
         if self.rank == 0:
             manifest = self.timed("merge", lambda: self.merge(plan))
+            self._report_target(plan, manifest)
             write_text(self.out / "timings.json", json.dumps(self.timings, indent=2))
         self.comm.barrier()
         return manifest
+
+    def _report_target(self, plan: Plan, manifest: dict) -> None:
+        """With target_tokens: how far the kept tokens fall short and the top-up that closes it."""
+        cfg, kept = self.cfg, manifest["totals"]["tokens"]
+        if not cfg.target_tokens or kept >= cfg.target_tokens:
+            return
+        per_seed = kept / plan.num_seeds
+        if per_seed <= 0:
+            self.log(f"kept no tokens of target_tokens {cfg.target_tokens:,}: see manifest.json's drops")
+            return
+        more = math.ceil(cfg.target_tokens / per_seed) - plan.num_seeds
+        self.log(f"kept {kept:,} tokens, {kept / cfg.target_tokens:.0%} of target_tokens "
+                 f"{cfg.target_tokens:,}: {per_seed:.1f} kept tokens per seed, not tokens_per_seed "
+                 f"{cfg.tokens_per_seed:g}. To top up, rerun with --set tokens_per_seed={per_seed:.1f}: "
+                 f"about {more:,} more seeds are requested and the {plan.num_seeds:,} answered are kept")
 
     # ------------------------------------------------------------------ plan and seeds
     def plan(self) -> Plan:
@@ -168,20 +257,21 @@ class Phase3(PipelineRun):
         cfg = self.cfg
         langs = cfg.languages or self.source.languages
         tokens = language_tokens(self.source, langs)
-        n = cfg.num_seeds or math.ceil(cfg.target_tokens / cfg.tokens_per_seed)
-        counts = {k: v for k, v in seed_counts(n, cfg.language_shares, tokens).items() if v}
+        counts = {k: v for k, v in seed_counts(self._wanted_seeds(), cfg.language_shares, tokens).items() if v}
         for lang in counts:
-            spans = file_spans(self.source, lang)
-            if not len(spans):
-                raise ConfigError(f"{self.source.prefix(lang)} holds no files to draw seeds from",
-                                  file=self.config_file, key="languages",
-                                  fix=f"leave {lang} out of languages")
-            buf = io.BytesIO()
-            np.save(buf, spans)
-            write_bytes(self.work / "spans" / f"{lang}.npy", buf.getvalue())
-        write_text(path, json.dumps({"languages": sorted(counts), "tokens": tokens,
-                                     "counts": counts, "unit_size": cfg.unit_size},
-                                    indent=2, sort_keys=True))
+            self._write_spans(lang)
+        write_text(path, Plan(sorted(counts), tokens, counts, cfg.unit_size).to_json())
+
+    def _write_spans(self, lang: str) -> None:
+        """Where each file of `lang` lies in the input (seeds are drawn from them)."""
+        spans = file_spans(self.source, lang)
+        if not len(spans):
+            raise ConfigError(f"{self.source.prefix(lang)} holds no files to draw seeds from",
+                              file=self.config_file, key="languages",
+                              fix=f"leave {lang} out of languages")
+        buf = io.BytesIO()
+        np.save(buf, spans)
+        write_bytes(self.work / "spans" / f"{lang}.npy", buf.getvalue())
 
     def seeds(self, plan: Plan, u: int) -> list[Seed]:
         out = []
