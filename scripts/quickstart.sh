@@ -79,6 +79,9 @@ ids = torch.tensor([sp.encode("<repo_name>demo\n<file_sep>main.py\nimport ")])
 out = model.generate(ids, max_new_tokens=24, do_sample=False)
 print("  sample:", repr(sp.decode(out[0].tolist())))
 PY
+echo "== continue: two steps of phase 3 from the exported Hugging Face folder (init_from: a HF Llama)"
+snowtrain train --config "$RECIPE" --phase phase3 --max-steps 2 --set "phases.phase3.init_from=$OUT/hf" \
+    --set "checkpoint.dir=$OUT/from-hf/checkpoints" --set "logging.dir=$OUT/from-hf/logs" --set profile.enabled=false
 echo "== eval: HumanEval pass@1 (greedy) on its first 20 problems (a toy model scores 0)"
 snowtrain eval "$OUT/hf" --benchmark humaneval --limit 20 --max-new-tokens 64 --out "$OUT/eval" --quiet
 echo "quickstart done: $OUT"

@@ -12,23 +12,31 @@ import torch
 from .config import ConfigError, ModelConfig, RunConfig, config_from_dict, resolve_path
 
 
+# Our block's modules -> Hugging Face LlamaDecoderLayer's.
+_HF_LAYER = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+             "attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
+             "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
+             "mlp.down": "mlp.down_proj"}
+_HF_TOP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+           "lm_head.weight": "lm_head.weight"}
+
+
+def hf_names(model) -> dict[str, str]:
+    """Our parameter names -> Hugging Face LlamaForCausalLM's."""
+    out = {}
+    for name, _ in model.named_parameters():
+        if name in _HF_TOP:
+            out[name] = _HF_TOP[name]
+        else:
+            _, i, rest = name.split(".", 2)          # layers.<i>.<module>.weight
+            out[name] = f"model.layers.{i}.{_HF_LAYER[rest.rsplit('.', 1)[0]]}.weight"
+    return out
+
+
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """Our (TP=1) Llama's weights under Hugging Face LlamaForCausalLM's names."""
-    sd = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
-    for i, b in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        sd.update({p + "input_layernorm.weight": b.attn_norm.weight,
-                   p + "post_attention_layernorm.weight": b.mlp_norm.weight,
-                   p + "self_attn.q_proj.weight": b.attn.q.weight,
-                   p + "self_attn.k_proj.weight": b.attn.k.weight,
-                   p + "self_attn.v_proj.weight": b.attn.v.weight,
-                   p + "self_attn.o_proj.weight": b.attn.o.weight,
-                   p + "mlp.gate_proj.weight": b.mlp.gate.weight,
-                   p + "mlp.up_proj.weight": b.mlp.up.weight,
-                   p + "mlp.down_proj.weight": b.mlp.down.weight})
-    if model.lm_head is not None:
-        sd["lm_head.weight"] = model.lm_head.weight
-    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+    names = hf_names(model)
+    return {names[n]: p.detach().clone().contiguous() for n, p in model.named_parameters()}
 
 
 def hf_config(m: ModelConfig, special: dict | None = None, dtype: str = "bfloat16") -> dict:

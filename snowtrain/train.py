@@ -18,6 +18,7 @@ from .config import (ConfigError, RunConfig, check_batch_layout, check_dataset_p
                      save_config)
 from .data import PhaseData
 from .distributed import ParallelState, init_distributed
+from .hf_import import check_shape, check_tokenizer, is_hf_folder, load_hf_weights
 from .metrics import MetricsLogger
 from .model import Llama, TPGroup
 from .optim import DistributedOptimizer, lr_at
@@ -205,6 +206,16 @@ class Trainer:
         source = self._init_source()
         if source is None:
             return
+        if is_hf_folder(source):
+            key = f"phases[{self.phase_index}].init_from"
+            check_shape(Path(source), self.cfg.model, file=self.config_file, key=key)
+            check_tokenizer(Path(source), self.cfg.tokenizer and resolve_path(self.cfg.tokenizer, "tokenizer", self.config_file),
+                            file=self.config_file, key=key)
+            load_hf_weights(source, self.model, self.opt, self.pstate.tp_rank, self.pstate.tp_size,
+                            file=self.config_file, key=key)
+            self.metrics.event(f"{self.phase.name} starts from the Hugging Face weights of {source}",
+                               init_from=str(source))
+            return
         template = {"optim": {n: {"master": d["master"]} for n, d in
                               checkpoint_state(self.model, self.opt, self.mesh)["optim"].items()}}
         extra = self.ckpt.load(source, template)
@@ -238,7 +249,7 @@ class Trainer:
                 near = sorted(str(p) for p in Path(path).parent.glob("step_*"))[-3:] \
                     if Path(path).parent.is_dir() else []
                 raise ConfigError(f"{path} does not exist", file=self.config_file, key=key,
-                                  fix="name a checkpoint folder (step_N)"
+                                  fix="name a checkpoint folder (step_N) or a Hugging Face Llama folder"
                                       + (f"; in its folder: {', '.join(near)}" if near else "")
                                       + ", 'previous', or null")
             return path

@@ -279,6 +279,16 @@ class DistributedOptimizer:
         self._copy_back()
 
     @torch.no_grad()
+    def load_weights(self, local: dict[str, torch.Tensor]):
+        """New weights, per parameter name this rank's tensor-parallel shard (at any precision):
+        each master takes its chunk in fp32, then the parameters are refreshed from the masters."""
+        r = self.dp_rank if self.zero else 0
+        for p, m in self.masters.items():
+            _, e = self.entry_of[p]
+            m.copy_(e.chunk(local[e.name].to(device=m.device, dtype=torch.float32), r))
+        self._copy_back()
+
+    @torch.no_grad()
     def reset_moments(self):
         """A new phase keeps the weights and starts Adam afresh."""
         for st in self.optimizer.state.values():
