@@ -7,10 +7,11 @@
   snowtrain export CHECKPOINT_DIR --out hf_model/      (Hugging Face Llama format)
   snowtrain serve  HF_MODEL_OR_CHECKPOINT --port 8000  (OpenAI-compatible HTTP API)
   snowtrain eval   HF_MODEL_OR_CHECKPOINT | --endpoint URL  (HumanEval pass@1; runs model-written code)
+  snowtrain eval-report EVAL_DIR ... [--out report.md --plot report.png]
 
 Exit codes of train: 0 the phase finished (or --max-steps reached), 3 stopped on SIGUSR1,
 SIGTERM or a first Ctrl-C with a checkpoint saved (requeue and it resumes), 2 a configuration
-error, 1 anything else. Signals reach the ranks directly under srun (one task per GPU, as launch/slurm does);
+error, 4 hung (training.hang_timeout_s), 1 anything else. Signals reach the ranks directly under srun (one task per GPU, as launch/slurm does);
 torchrun's agent does not forward SIGUSR1 and reports a worker's exit 3 as 1.
 """
 from __future__ import annotations
@@ -124,6 +125,10 @@ def main(argv=None) -> int:
     s.add_argument("--tokenizer", default=None, help="default: MODEL's tokenizer.model (or the run config's)")
     from .evaluation.command import add_arguments as eval_arguments
     eval_arguments(sub.add_parser("eval", help="pass@k on HumanEval or a problems file (executes model-written code)"))
+    r = sub.add_parser("eval-report", help="evaluations side by side, beside the paper's numbers")
+    r.add_argument("paths", nargs="+", help="evaluation output folders (searched for summary.json) or files")
+    r.add_argument("--out", default=None, help="also write the markdown table here")
+    r.add_argument("--plot", default=None, metavar="PNG", help="and a bar chart here")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "config":
@@ -148,6 +153,9 @@ def main(argv=None) -> int:
         elif args.cmd == "eval":
             from .evaluation.command import eval_command
             return eval_command(args)
+        elif args.cmd == "eval-report":
+            from .evaluation.report import report_command
+            return report_command(args)
     except ConfigError as e:
         print(f"snowtrain: config error: {e}", file=sys.stderr)
         return 2

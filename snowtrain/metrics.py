@@ -147,6 +147,12 @@ def plot_loss(metrics_files, out_png: str | os.PathLike) -> Path:
     ax.set_title("loss across phases")
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig, out_png: str | os.PathLike) -> Path:
+    """Writes a matplotlib figure atomically and closes it."""
+    import matplotlib.pyplot as plt
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}.png")

@@ -1,0 +1,142 @@
+"""`snowtrain eval-report`: the scores of many evaluations side by side, one row per model (a
+checkpoint of each phase, say) and one column per benchmark, beside the Arctic-SnowCoder paper's
+numbers after the same phase where the benchmark is one it reports. Reads the summary.json files
+`snowtrain eval` writes; prints a markdown table, optionally writes it and a bar chart."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..config import ConfigError
+
+# Greedy pass@1 (%) after each phase (Wei, Han, Samdani 2024, arXiv 2409.02326, table of results).
+PAPER = {"HumanEval+": {1: 14.0, 2: 21.3, 3: 28.0}, "MBPP+": {1: 27.8, 2: 34.7, 3: 42.9},
+         "EvoEval": {1: 7.4, 2: 12.8, 3: 18.0}, "BigCodeBench": {1: 10.3, 2: 12.3, 3: 19.4}}
+_PAPER_NAME = (("humanevalplus", "HumanEval+"), ("mbppplus", "MBPP+"), ("evoeval", "EvoEval"),
+               ("bigcodebench", "BigCodeBench"))
+_PHASE = re.compile(r"(?:^|[/_-])phase([123])(?:$|[/_-])")
+
+
+def paper_benchmark(name: str) -> str | None:
+    low = name.lower().replace("-", "").replace("_", "")
+    return next((label for key, label in _PAPER_NAME if low.startswith(key)), None)
+
+
+def find_summaries(paths) -> list[Path]:
+    found = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(p.rglob("summary.json"))
+        else:
+            raise ConfigError("no such file or folder", file=p,
+                              fix="give evaluation output folders (snowtrain eval --out) or their summary.json")
+    if not found:
+        raise ConfigError("no summary.json under " + ", ".join(map(str, paths)), file=None,
+                          fix="run snowtrain eval first; it writes OUT/summary.json when it finishes")
+    return found
+
+
+def collect(paths) -> list[dict]:
+    """One record per (model, benchmark): the latest finished evaluation of it."""
+    latest: dict[tuple, dict] = {}
+    for f in find_summaries(paths):
+        try:
+            s = json.loads(f.read_text())
+            rec = {"model": s["model"], "benchmark": s["benchmark"], "problems": s["problems"],
+                   "pass@1": s["pass@k"]["pass@1"], "base": s.get("base_pass@k", {}).get("pass@1"),
+                   "finished_at": s.get("finished_at", ""), "file": str(f)}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"not a summary written by snowtrain eval ({type(e).__name__}: {e})",
+                              file=f, fix="remove it, or rerun that evaluation") from None
+        m = _PHASE.search(str(rec["model"])) or _PHASE.search(str(f))
+        rec["phase"] = int(m.group(1)) if m else None
+        key = (rec["model"], rec["benchmark"])
+        if key not in latest or rec["finished_at"] >= latest[key]["finished_at"]:
+            latest[key] = rec
+    return sorted(latest.values(), key=lambda r: (r["phase"] or 99, r["model"], r["benchmark"]))
+
+
+def _label(model: str) -> str:
+    parts = Path(model).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else model
+
+
+def table(records: list[dict]) -> str:
+    models = list(dict.fromkeys(r["model"] for r in records))
+    benchmarks = sorted({r["benchmark"] for r in records})
+    cell = {(r["model"], r["benchmark"]): r for r in records}
+    head = ["model"]
+    for b in benchmarks:
+        head.append(b)
+        if paper_benchmark(b):
+            head.append(f"paper {paper_benchmark(b)}")
+    rows = []
+    for m in models:
+        phase = next(r["phase"] for r in records if r["model"] == m)
+        row = [_label(m) + (f" (phase {phase})" if phase else "")]
+        for b in benchmarks:
+            r = cell.get((m, b))
+            row.append("-" if r is None else f"{100 * r['pass@1']:.1f}"
+                       + (f" (base {100 * r['base']:.1f})" if r["base"] is not None else "")
+                       + f" /{r['problems']}")
+            if paper_benchmark(b):
+                ref = PAPER[paper_benchmark(b)].get(phase)
+                row.append("-" if ref is None else f"{ref:.1f}")
+        rows.append(row)
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n\npass@1 in %, greedy unless the evaluation sampled; /N: problems " \
+                            "evaluated; paper: Arctic-SnowCoder-1.3B after the same phase.\n"
+
+
+def plot(records: list[dict], out_png) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..metrics import save_figure
+    models = list(dict.fromkeys(r["model"] for r in records))
+    benchmarks = sorted({r["benchmark"] for r in records})
+    cell = {(r["model"], r["benchmark"]): r for r in records}
+    width = 0.8 / len(benchmarks)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models) * len(benchmarks)), 4.5))
+    for k, b in enumerate(benchmarks):
+        xs = [i + k * width for i, m in enumerate(models) if (m, b) in cell]
+        ys = [100 * cell[(m, b)]["pass@1"] for m in models if (m, b) in cell]
+        ax.bar(xs, ys, width, label=b)
+        if paper_benchmark(b):
+            refs = [(i + k * width, PAPER[paper_benchmark(b)].get(cell[(m, b)]["phase"]))
+                    for i, m in enumerate(models) if (m, b) in cell]
+            refs = [(x, y) for x, y in refs if y is not None]
+            if refs:
+                ax.plot(*zip(*refs), marker="_", linestyle="none", markersize=18, mew=2, color="black",
+                        label=f"paper {paper_benchmark(b)}" if k == 0 else None)
+    ax.set_xticks([i + width * (len(benchmarks) - 1) / 2 for i in range(len(models))])
+    ax.set_xticklabels([_label(m) for m in models], rotation=15, ha="right")
+    ax.set_ylabel("pass@1 (%)")
+    ax.set_title("evaluations")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out_png)
+
+
+def report_command(args) -> int:
+    """0 done, 2 nothing to report or an unreadable summary."""
+    import sys
+
+    from .runner import write_atomic
+    try:
+        records = collect(args.paths)
+    except ConfigError as e:
+        print(f"snowtrain eval-report: {e}", file=sys.stderr)
+        return 2
+    text = table(records)
+    print(text, end="")
+    if args.out:
+        write_atomic(Path(args.out), text)
+    if args.plot:
+        print(f"wrote {plot(records, args.plot)}")
+    return 0

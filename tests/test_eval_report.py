@@ -1,0 +1,60 @@
+"""`snowtrain eval-report`: summaries of several evaluations (one written by a real `snowtrain
+eval` run) in one table, the latest of repeated evaluations, the paper's numbers for the same
+phase beside HumanEval+ / MBPP+, a chart, and exit 2 for nothing to report or a broken file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from snowtrain import cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _summary(folder: Path, model: str, benchmark: str, passed: float, base=None, problems=164,
+             finished="2026-11-27T10:00:00") -> None:
+    folder.mkdir(parents=True)
+    s = {"model": model, "benchmark": benchmark, "problems": problems, "pass@k": {"pass@1": passed},
+         "finished_at": finished}
+    if base is not None:
+        s["base_pass@k"] = {"pass@1": base}
+    (folder / "summary.json").write_text(json.dumps(s))
+
+
+@pytest.mark.usefixtures("keep_torch_threads")
+def test_the_table_puts_each_model_beside_the_paper(tmp_path, hf_dir, capsys):
+    ev = tmp_path / "evals"
+    p1, p2 = "/ck/snowcoder/phase1/step_00119210", "/ck/snowcoder/phase2/step_00011921"
+    _summary(ev / "a", p1, "HumanEvalPlus-v0.1.10", 0.125, base=0.15)
+    _summary(ev / "b", p1, "MbppPlus-v0.2.0", 0.30, base=0.35, problems=378)
+    _summary(ev / "c", p2, "HumanEvalPlus-v0.1.10", 0.1, finished="2026-11-27T09:00:00")   # older
+    _summary(ev / "d", p2, "HumanEvalPlus-v0.1.10", 0.2, base=0.25)
+    # and a real evaluation of a tiny model, in a phase-named folder
+    assert cli.main(["eval", str(hf_dir), "--limit", "2", "--max-new-tokens", "8", "--quiet",
+                     "--out", str(ev / "eval-phase3" / "humaneval")]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval-report", str(ev), "--out", str(tmp_path / "r.md"),
+                     "--plot", str(tmp_path / "r.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith((tmp_path / "r.md").read_text())
+    lines = out.splitlines()
+    assert lines[0] == "| model | HumanEvalPlus-v0.1.10 | paper HumanEval+ | MbppPlus-v0.2.0 | paper MBPP+ | humaneval |"
+    assert lines[2] == "| phase1/step_00119210 (phase 1) | 12.5 (base 15.0) /164 | 14.0 | 30.0 (base 35.0) /378 | 27.8 | - |"
+    assert lines[3] == "| phase2/step_00011921 (phase 2) | 20.0 (base 25.0) /164 | 21.3 | - | 34.7 | - |"
+    real = json.loads((ev / "eval-phase3" / "humaneval" / "summary.json").read_text())
+    name = "/".join(Path(real["model"]).parts[-2:])
+    assert lines[4] == f"| {name} (phase 3) | - | 28.0 | - | 42.9 | {100 * real['pass@k']['pass@1']:.1f} /2 |"
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_nothing_to_report_or_a_broken_summary_exits_2(tmp_path, capsys):
+    assert cli.main(["eval-report", str(tmp_path)]) == 2
+    assert "no summary.json under" in capsys.readouterr().err
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "summary.json").write_text('{"model": "m"}')
+    assert cli.main(["eval-report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "x" / "summary.json") in err and "not a summary written by snowtrain eval" in err
+    assert cli.main(["eval-report", str(tmp_path / "missing")]) == 2
