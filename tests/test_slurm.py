@@ -930,3 +930,5 @@ def test_eval_sh_evaluates_a_real_checkpoint(cluster, request, tmp_path):
     summary = json.loads((tmp_path / "logs" / "slurm" / "eval-p1" / "summary.json").read_text())
     assert summary["problems"] == 2 and summary["model"] == str(final), summary
     assert re.search(r"humaneval: pass@1 \d\.\d{4} \(\d/2\)", log), log[-3000:]
+    report = (tmp_path / "logs" / "slurm" / "eval-report.md").read_text()   # every phase so far
+    assert report.splitlines()[2].startswith("| p1/step_00000002 | ") and "/2 |" in report, report

@@ -19,6 +19,8 @@
 #    SNOWTRAIN_EVAL_BENCHMARKS="humaneval HumanEvalPlus-v0.1.10.jsonl.gz MbppPlus-v0.2.0.jsonl.gz"
 #    runs one evaluation per entry (a built-in name, or a problems file, e.g. EvalPlus's), each into
 #    OUT/<its name>, one after the other; the worst exit status is the job's.
+# 3. Writes <log root>/eval-report.md: `snowtrain eval-report` over every eval-<PHASE> folder so
+#    far (or OUT alone when SNOWTRAIN_EVAL_OUT is set), each phase beside the paper's scores.
 #
 # The local backend runs on the CPU: no GPUs are requested. It executes model-written code
 # (docs/evaluation.md): run it where that is acceptable. Everything else: common.sh, docs/slurm.md.
@@ -127,12 +129,24 @@ run_eval() {  # OUT_DIR [--benchmark NAME | --problems FILE]
     return "$rc"
 }
 
+# 3. The scores so far, every phase's evaluations side by side (a failed report fails nothing).
+report() {  # EXIT_STATUS
+    local folders=("$out")
+    [[ -z ${SNOWTRAIN_EVAL_OUT:-} ]] && folders=("$root"/eval-*/)
+    if st_tool snowtrain eval-report "${folders[@]}" --out "$root/eval-report.md" >/dev/null; then
+        st_log "report of the evaluations so far: $root/eval-report.md"
+    else
+        st_log "no report of the evaluations (see above)"
+    fi
+    exit "$1"
+}
+
 read -r -a benchmarks <<<"${SNOWTRAIN_EVAL_BENCHMARKS:-}"
 if [[ ${#benchmarks[@]} -eq 0 ]]; then
     which=(--benchmark humaneval)
     [[ $given_problems == 1 ]] && which=()
     run_eval "$out" "${which[@]}"
-    exit $?
+    report $?
 fi
 [[ $given_problems == 1 ]] &&
     st_die 2 "give the problems files in SNOWTRAIN_EVAL_BENCHMARKS or with --problems, not both"
@@ -147,4 +161,4 @@ for b in "${benchmarks[@]}"; do
     rc=$?
     (( rc > worst )) && worst=$rc
 done
-exit "$worst"
+report "$worst"
