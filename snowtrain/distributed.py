@@ -295,12 +295,14 @@ def init_distributed(
     tp_group = dp_group = None
     tp_ranks: list[int] = []
     dp_ranks: list[int] = []
+    # new_group does not inherit the default group's timeout (NCCL's own default is 10 minutes)
+    timeout = timedelta(seconds=timeout_s)
     for ranks in tp_groups:
-        g = dist.new_group(ranks)
+        g = dist.new_group(ranks, timeout=timeout)
         if rank in ranks:
             tp_group, tp_ranks = g, ranks
     for ranks in dp_groups:
-        g = dist.new_group(ranks)
+        g = dist.new_group(ranks, timeout=timeout)
         if rank in ranks:
             dp_group, dp_ranks = g, ranks
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import queue
 import random
+import sys
 import threading
 from collections import Counter
 from concurrent.futures import Future
@@ -51,14 +52,6 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gene
 
 def _first_stop(text: str, stop) -> int:
     return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-
-
-def _select_rows(cache, rows: torch.Tensor):
-    """The cache of the kept batch rows (a transformers Cache in place, or legacy tuples)."""
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(rows)
-        return cache
-    return tuple(tuple(t[rows] for t in layer) for layer in cache)
 
 
 class Decoder:
@@ -127,7 +120,7 @@ class Decoder:
                 return results
             if len(keep) < len(rows):
                 sel = torch.tensor(keep, device=self.device)
-                cache = _select_rows(cache, sel)
+                cache.batch_select_indices(sel)   # a transformers Cache (every one since 4.44)
                 mask, positions = mask[sel], positions[sel]
                 rows = [rows[b] for b in keep]
             ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
@@ -146,7 +139,8 @@ class BatchQueue:
         self._run, self.max_batch = run, max_batch
         self._waiting: queue.Queue = queue.Queue()
         self.batch_sizes: Counter[int] = Counter()   # batches run, by size
-        threading.Thread(target=self._loop, name="snowtrain-batcher", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="snowtrain-batcher", daemon=True)
+        self._thread.start()
 
     def submit(self, requests: list[Request]) -> list[Result]:
         """Blocks until every request is decoded; a failed batch raises its error here."""
@@ -155,20 +149,39 @@ class BatchQueue:
             self._waiting.put((r, f))
         return [f.result() for f in futures]
 
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Ends the worker once the requests queued before this are done, and waits for it (a
+        thread of torch's that ends while the interpreter shuts down can abort the process)."""
+        self._waiting.put(None)
+        self._thread.join(timeout_s)
+
     def _loop(self) -> None:
         while True:
-            items = [self._waiting.get()]
+            first = self._waiting.get()
+            if first is None:
+                return
+            items = [first]
             while len(items) < self.max_batch:
                 try:
-                    items.append(self._waiting.get_nowait())
+                    item = self._waiting.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:   # close() after these: finish them first
+                    self._waiting.put(None)
+                    break
+                items.append(item)
             self.batch_sizes[len(items)] += 1
             try:
                 results = self._run([r for r, _ in items])
-            except BaseException as e:  # noqa: BLE001 - the waiting callers report it
-                for _, f in items:
-                    f.set_exception(e)
+            except Exception:  # noqa: BLE001 - one bad request must not fail its neighbours
+                if len(items) == 1:
+                    items[0][1].set_exception(sys.exc_info()[1])
+                    continue
+                for r, f in items:   # alone, each gets its own result or its own error
+                    try:
+                        f.set_result(self._run([r])[0])
+                    except Exception as e:  # noqa: BLE001 - reported to that caller
+                        f.set_exception(e)
                 continue
             for (_, f), res in zip(items, results):
                 f.set_result(res)

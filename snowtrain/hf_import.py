@@ -45,7 +45,6 @@ def check_shape(folder: Path, m: ModelConfig, *, file=None, key: str) -> None:
              ("num_key_value_heads", heads, "num_kv_heads", m.kv_heads),
              ("vocab_size", None, "vocab_size", m.vocab_size),
              ("tie_word_embeddings", False, "tie_embeddings", m.tie_embeddings),
-             ("head_dim", m.hidden_size // m.num_attention_heads, "hidden_size", m.head_dim),
              ("rope_theta", theta, "rope_theta", m.rope_theta),
              ("rms_norm_eps", 1e-6, "norm_eps", m.norm_eps)]
     for hf_key, default, ours, want in pairs:
@@ -55,6 +54,12 @@ def check_shape(folder: Path, m: ModelConfig, *, file=None, key: str) -> None:
                               f"{ours}={want!r}", file=file, key=f"model.{ours}",
                               fix=f"set model.{ours}: {got!r} to continue that model, or pick a "
                                   "folder of the run's shape")
+    head_dim = hf.get("head_dim") or m.hidden_size // m.num_attention_heads
+    if head_dim != m.head_dim:
+        raise ConfigError(f"{folder}/config.json has head_dim={head_dim}, but the run's heads are "
+                          f"hidden_size / num_attention_heads = {m.head_dim} wide", file=file,
+                          key="model.num_attention_heads",
+                          fix="start from a model whose head_dim is hidden_size / num_attention_heads")
     extras = {k: hf[k] for k in ("rope_scaling", "attention_bias", "mlp_bias") if hf.get(k)}
     if rope.get("rope_type", "default") != "default":
         extras["rope_parameters.rope_type"] = rope["rope_type"]

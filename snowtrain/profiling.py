@@ -30,17 +30,29 @@ class StepProfiler:
         self.last = min(cfg.start_step + cfg.steps - 1, phase_steps)
         self.active = cfg.enabled and (cfg.ranks is None or rank in cfg.ranks) and self.first <= self.last
         self.out_dir = Path(out_dir)
-        self.warmup = 1 if self.first > 1 else 0
         self.prof, self.recorded = None, 0   # recorded: the last step done under the profiler
+        self._seen = False
 
     def before_step(self, done: int) -> None:
-        if self.active and self.prof is None and done + 1 == self.first - self.warmup:
+        step = done + 1
+        if not self.active or self.prof is not None:
+            return
+        if not self._seen and step > self.last:
+            self.say(f"profile: steps {self.first}-{self.last} of {self.phase} were done before this "
+                     f"run resumed at step {done}: nothing recorded")
+            self.active = False
+        self._seen = True
+        # the step before the recorded ones warms the profiler up; a run resumed inside the
+        # window records from its first step on
+        if self.active and (step == self.first - 1 or (step >= self.first and step <= self.last)):
+            warmup = 1 if step < self.first else 0
+            self.first = max(self.first, step)
             activities = [ProfilerActivity.CPU]
             if self.device.type == "cuda":
                 activities.append(ProfilerActivity.CUDA)
             self.prof = profile(activities=activities, record_shapes=self.cfg.record_shapes,
                                 profile_memory=self.cfg.memory,
-                                schedule=schedule(wait=0, warmup=self.warmup,
+                                schedule=schedule(wait=0, warmup=warmup,
                                                   active=self.last - self.first + 1, repeat=1),
                                 on_trace_ready=self._write)
             self.prof.__enter__()
@@ -65,12 +77,15 @@ class StepProfiler:
             prof.__exit__(None, None, None)
 
     def _write(self, prof) -> None:
+        if self.recorded < self.first:
+            self.say(f"profile: {self.phase} stopped before step {self.first}: nothing recorded")
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        base = self.out_dir / f"{self.phase}-step{self.first}-rank{self.rank}"
+        base = self.out_dir / f"{self.phase}-step{self.first}-rank{self.rank}"   # phase names may hold dots
         tmp = self.out_dir / f".{base.name}.json.tmp.{os.getpid()}"
         prof.export_chrome_trace(str(tmp))
-        os.replace(tmp, base.with_suffix(".json"))
+        os.replace(tmp, f"{base}.json")
         sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        write_text(base.with_suffix(".txt"), prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+        write_text(f"{base}.txt", prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
         self.say(f"profile of {self.phase} steps {self.first}-{self.recorded} on rank {self.rank}: "
                  f"{base}.json (open in https://ui.perfetto.dev), {base}.txt")

@@ -265,6 +265,10 @@ class Server(ThreadingHTTPServer):
         self.batches = BatchQueue(engine.generate_batch, max_batch)
         self.api_key, self.limit = api_key, max_new_tokens_limit
 
+    def server_close(self):
+        super().server_close()
+        self.batches.close()
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]

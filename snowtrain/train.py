@@ -117,7 +117,11 @@ class Trainer:
         self.cfg, self.config_file = cfg, config_file
         self.phase = cfg.phase(phase)
         self.phase_index = [p.name for p in cfg.phases].index(phase)
-        self.pstate = pstate or init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.backend)
+        # A collective waits longer than the hang watchdog, so that a rank stuck elsewhere ends
+        # every rank through the watchdog (exit 4, requeued) rather than a collective's error.
+        hang = cfg.training.hang_timeout_s
+        self.pstate = pstate or init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.backend,
+                                                 timeout_s=max(600.0, (hang or 0) + 300.0))
         ps = self.pstate
         if cfg.parallel.data_parallel is not None and cfg.parallel.data_parallel != ps.dp_size:
             raise ConfigError(f"parallel.data_parallel={cfg.parallel.data_parallel} but {ps.world_size} "
@@ -126,6 +130,10 @@ class Trainer:
                               file=config_file, key="parallel.data_parallel",
                               fix="match the launch or leave data_parallel null")
         check_dataset_paths(cfg, phase, file=config_file)
+        if cfg.profile.enabled and any(r >= ps.world_size for r in cfg.profile.ranks or []):
+            raise ConfigError(f"profile.ranks={cfg.profile.ranks} but the run has {ps.world_size} rank(s)",
+                              file=config_file, key="profile.ranks",
+                              fix=f"list ranks below {ps.world_size}, or null for every rank")
         self._check_batch_layout()
         self._check_fit()
         kernels.configure(cfg.model.kernels)

@@ -2,7 +2,10 @@
 finished for `training.hang_timeout_s` seconds is stuck (a dead peer in a collective, a stalled
 file system, a deadlocked loader worker). It prints why, the Python stack of every thread, and
 exits with HUNG_EXIT, so that the job ends and the SLURM scripts requeue it from the latest
-committed checkpoint, instead of holding its nodes until the time limit.
+committed checkpoint, instead of holding its nodes until the time limit. The trainer gives its
+collectives a longer timeout than the watchdog's, so the ranks waiting for a stuck one end the
+same way rather than by a collective's error; each also appends a line to $SNOWTRAIN_HANG_MARKER,
+since srun's exit status is that of the ranks it kills once the first has exited.
 
 The clock starts at the first step's end (the first step also compiles, builds the extension
 and warms the caches); every later step, validation and save restarts it.
@@ -16,6 +19,8 @@ import time
 import traceback
 
 HUNG_EXIT = 4
+# A file the hung rank appends to, where the launcher names one (launch/slurm/common.sh does).
+MARKER_ENV = "SNOWTRAIN_HANG_MARKER"
 
 
 class HangWatchdog:
@@ -57,4 +62,11 @@ class HangWatchdog:
                   file=err, flush=True)
         print(f"rank {self.rank}: exiting {self.exit_code} (hung); the job resumes from the latest "
               "committed checkpoint", file=err, flush=True)
+        marker = os.environ.get(MARKER_ENV)
+        if marker:   # srun reports the highest exit status of the ranks it killed, not this 4
+            try:
+                with open(marker, "a") as f:
+                    f.write(f"rank {self.rank} hung after {self._what}\n")
+            except OSError:
+                pass
         os._exit(self.exit_code)

@@ -10,7 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from snowtrain.generation import BatchQueue, Decoder, Request, Result, _select_rows  # noqa: E402
+from snowtrain.generation import BatchQueue, Decoder, Request, Result  # noqa: E402
 from snowtrain.serve import Engine  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n    return", "import torch\n\nclass Model:", "x = 1\n",
@@ -92,14 +92,6 @@ def test_end_of_document_ends_a_row_and_is_counted_not_written(engine):
     assert dec.run([Request(p, 12, 0.0) for p in prompts]) == want
 
 
-def test_legacy_tuple_cache_rows_are_selected():
-    k = [torch.arange(24.0).reshape(3, 2, 2, 2) for _ in range(2)]
-    cache = tuple((t, t + 100) for t in k)
-    kept = _select_rows(cache, torch.tensor([0, 2]))
-    assert [tuple(t.shape) for layer in kept for t in layer] == [(2, 2, 2, 2)] * 4
-    assert torch.equal(kept[0][1][1], k[0][2] + 100)
-
-
 def test_batch_queue_groups_waiting_requests_and_reports_errors():
     started, release, calls = threading.Event(), threading.Event(), []
 
@@ -135,5 +127,34 @@ def test_batch_queue_groups_waiting_requests_and_reports_errors():
     with pytest.raises(RuntimeError, match="bad row"):
         q.submit([Request([-1], 1)])
     assert q.submit([Request([7], 1)])[0].text == "7"   # the worker survives a failed batch
+    # a bad request batched with good ones fails alone: its neighbours are decoded again alone
+    box = {}
+    calls.clear()
+    q2 = BatchQueue(run, max_batch=4)
+    started.clear(), release.clear()
+    hold = threading.Thread(target=lambda: box.update(hold=q2.submit([Request([9], 1)])))
+    hold.start()
+    assert started.wait(10)
+    bad = threading.Thread(target=lambda: box.update(bad=_error_of(q2, [Request([-2], 1)])))
+    good = threading.Thread(target=lambda: box.update(good=q2.submit([Request([8], 1)])))
+    bad.start()
+    while q2._waiting.qsize() < 1:
+        threading.Event().wait(0.01)
+    good.start()
+    while q2._waiting.qsize() < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    for t in (hold, bad, good):
+        t.join(10)
+    assert calls == [[9], [-2, 8], [-2], [8]]
+    assert isinstance(box["bad"], RuntimeError) and box["good"][0].text == "8"
+    q2.close()
     with pytest.raises(ValueError, match="max_batch"):
         BatchQueue(run, 0)
+
+
+def _error_of(q, reqs):
+    try:
+        q.submit(reqs)
+    except Exception as e:  # noqa: BLE001
+        return e

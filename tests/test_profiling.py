@@ -68,6 +68,23 @@ def test_the_first_step_can_be_profiled_and_bad_values_are_config_errors(tmp_pat
     cfg = _profiled(tmp_path, data, start_step=1, steps=1, ranks=None)
     train_phase(cfg, "p1")
     assert _ranges(tmp_path / "logs/profile/p1-step1-rank0.json")["optimizer"] == 1
+    # a dotted phase name, a run resumed inside the window (step 4 of 5-6: records 5-6 without
+    # a warm-up step), and one resumed past it (records nothing)
+    cfg = _profiled(tmp_path / "resumed", data, start_step=5, steps=2)
+    cfg.phases[0].name = "p1.5"
+    cfg.profile.enabled = False
+    train_phase(cfg, "p1.5", max_steps=4)
+    cfg.profile.enabled = True
+    train_phase(cfg, "p1.5", max_steps=2)
+    got = _ranges(tmp_path / "resumed/logs/profile/p1.5-step5-rank0.json")
+    assert got["optimizer"] == 2 and got["steps"] == 2
+    cfg.profile.start_step = 2
+    train_phase(cfg, "p1.5")
+    assert sorted(p.name for p in (tmp_path / "resumed/logs/profile").iterdir()) == \
+        ["p1.5-step5-rank0.json", "p1.5-step5-rank0.txt"]
+    bad = _profiled(tmp_path, data, ranks=[0, 3])
+    with pytest.raises(ConfigError, match=r"profile.ranks=\[0, 3\] but the run has 1 rank"):
+        train_phase(bad, "p1")
     for key, value in (("start_step", 0), ("steps", 0), ("ranks", [-1])):
         bad = _profiled(tmp_path, data)
         setattr(bad.profile, key, value)

@@ -339,10 +339,10 @@ def test_config_error_exits_2_without_requeue(cluster, data, tmp_path):
     assert "lrr" in log and "does not validate" in log, log
 
 
-# Hangs its rank inside the 15th training step of the job's first run (SLURM_RESTART_COUNT unset).
+# Hangs rank 1 inside the 15th training step of the job's first run (SLURM_RESTART_COUNT unset).
 HANG_HOOK = """
 import os, time
-if not os.environ.get("SLURM_RESTART_COUNT") and os.environ.get("SLURM_PROCID") is not None:
+if not os.environ.get("SLURM_RESTART_COUNT") and os.environ.get("SLURM_PROCID") == "1":
     import snowtrain.train as t
     calls, real = [0], t.train_step
 
@@ -362,17 +362,20 @@ def test_hung_rank_exits_4_and_the_job_requeues_and_resumes(cluster, data, tmp_p
     (hook / "sitecustomize.py").write_text(HANG_HOOK)
     env = job_env(cluster, config, SNOWTRAIN_SET="training.hang_timeout_s=5")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
-    jid = sbatch(cluster, tmp_path, env, *CPU, "--ntasks-per-node=1", "--job-name=hang",
+    jid = sbatch(cluster, tmp_path, env, *CPU, "--ntasks-per-node=2", "--job-name=hang",
                  str(SLURM_DIR / "phase1.sh"))
     info = wait_job(cluster, jid)
     first, second = run_log(tmp_path, "hang", jid, 0), run_log(tmp_path, "hang", jid, 1)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, show(tmp_path, "hang", jid))
-    assert "rank 0: hung: nothing finished for" in first and "hanging_step" in first, first[-3000:]
-    assert "training exited 4" in first and "hang 1 of at most 3" in first and "requeueing job" in first
+    # rank 1 is stuck in its step, rank 0 waits for it in a collective: the watchdogs end both
+    assert "rank 1: hung: nothing finished for" in first and "hanging_step" in first, first[-3000:]
+    assert re.search(r"training exited \d+", first) and "hang 1 of at most 3" in first
+    assert "requeueing job" in first
     assert re.search(r"resumed p1 from \S+/p1/step_00000010 at step 10 \(SLURM_RESTART_COUNT=1\)", second), \
         second[-3000:]
     assert final_loss(tmp_path / "logs")[0] == 30
-    assert (log_dir(tmp_path, "hang", jid) / "hangs").read_text().strip() == "1"
+    d = log_dir(tmp_path, "hang", jid)
+    assert (d / "hangs").read_text().strip() == "1" and "hung after" in (d / "hung-0").read_text()
 
 
 # ----------------------------------------------------------------------------- two nodes

@@ -188,11 +188,13 @@ class Phase3(PipelineRun):
         if want > plan.num_seeds:
             counts = {k: v for k, v in seed_counts(want - plan.num_seeds, self.cfg.language_shares,
                                                    plan.tokens).items() if v}
+            # the gate and the checks go first: a run killed before the new plan is written
+            # sees the old one and tops up again; one killed after it generates the new seeds
+            (self.work / "generated.json").unlink(missing_ok=True)
+            shutil.rmtree(self.post, ignore_errors=True)
             for lang in sorted(set(counts) - set(plan.languages)):
                 self._write_spans(lang)
             write_text(path, plan.add_round(counts).to_json())
-            (self.work / "generated.json").unlink(missing_ok=True)
-            shutil.rmtree(self.post, ignore_errors=True)
             self.log(f"top-up: {want - plan.num_seeds} more seeds ({', '.join(f'{k} {v}' for k, v in counts.items())})"
                      f" after the {plan.num_seeds} already planned, whose answers are kept")
         else:
@@ -236,7 +238,7 @@ class Phase3(PipelineRun):
         cfg, kept = self.cfg, manifest["totals"]["tokens"]
         if not cfg.target_tokens or kept >= cfg.target_tokens:
             return
-        per_seed = kept / plan.num_seeds
+        per_seed = math.floor(kept / plan.num_seeds * 10) / 10   # rounded down: never fewer seeds
         if per_seed <= 0:
             self.log(f"kept no tokens of target_tokens {cfg.target_tokens:,}: see manifest.json's drops")
             return

@@ -407,6 +407,9 @@ st_train_phase() {
     # its node and takes cuda:LOCAL_RANK.
     # shellcheck disable=SC2206
     local srun_args=(--kill-on-bad-exit="${SNOWTRAIN_KILL_ON_BAD_EXIT:-1}" --label ${SNOWTRAIN_SRUN_ARGS:-})
+    # A rank that hangs writes here before it exits 4 (snowtrain/watchdog.py): srun reports the
+    # status of the ranks it killed after the first exit, not that 4.
+    export SNOWTRAIN_HANG_MARKER="$ST_LOG_DIR/hung-$ST_RESTART"
     st_log "srun ${srun_args[*]} snowtrain train --config $config --phase $phase ${extra[*]}"
     srun "${srun_args[@]}" "${ST_SRUN_CT[@]}" "${ST_RUN[@]}" bash -c '
         echo "rank ${SLURM_PROCID}/${SLURM_NTASKS} on ${SLURMD_NODENAME:-?} ($(hostname)), local rank ${SLURM_LOCALID}, master ${MASTER_ADDR}:${MASTER_PORT}"
@@ -423,6 +426,10 @@ st_train_phase() {
         3) st_requeue "stopped with a checkpoint saved" ;;
         4) st_requeue_hung ;;
     esac
+    if [[ -s $SNOWTRAIN_HANG_MARKER ]]; then
+        st_log "$(head -n1 "$SNOWTRAIN_HANG_MARKER") (training exited $rc as srun ended the other ranks)"
+        st_requeue_hung
+    fi
     if [[ -n $ST_STOP_SIGNAL ]]; then
         # Ranks killed while stopping (e.g. by --kill-on-bad-exit once the first rank exited 3).
         st_requeue "stopped on SIG$ST_STOP_SIGNAL (exit $rc); the latest committed checkpoint is the resume point"
