@@ -101,21 +101,26 @@ def plot(records: list[dict], out_png) -> Path:
     models = list(dict.fromkeys(r["model"] for r in records))
     benchmarks = sorted({r["benchmark"] for r in records})
     cell = {(r["model"], r["benchmark"]): r for r in records}
-    width = 0.8 / len(benchmarks)
+    width, top, legend_done = 0.8 / len(benchmarks), 0.0, False
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models) * len(benchmarks)), 4.5))
     for k, b in enumerate(benchmarks):
         xs = [i + k * width for i, m in enumerate(models) if (m, b) in cell]
         ys = [100 * cell[(m, b)]["pass@1"] for m in models if (m, b) in cell]
-        ax.bar(xs, ys, width, label=b)
+        bars = ax.bar(xs, ys, width, label=b)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        top = max([top, *ys])
         if paper_benchmark(b):
             refs = [(i + k * width, PAPER[paper_benchmark(b)].get(cell[(m, b)]["phase"]))
                     for i, m in enumerate(models) if (m, b) in cell]
             refs = [(x, y) for x, y in refs if y is not None]
             if refs:
+                top = max([top, *(y for _, y in refs)])
                 ax.plot(*zip(*refs), marker="_", linestyle="none", markersize=18, mew=2, color="black",
-                        label=f"paper {paper_benchmark(b)}" if k == 0 else None)
+                        label=None if legend_done else "paper, after the same phase")
+                legend_done = True
     ax.set_xticks([i + width * (len(benchmarks) - 1) / 2 for i in range(len(models))])
     ax.set_xticklabels([_label(m) for m in models], rotation=15, ha="right")
+    ax.set_ylim(0, max(5.0, 1.15 * top))   # scores of 0 (a toy model) still get an axis
     ax.set_ylabel("pass@1 (%)")
     ax.set_title("evaluations")
     ax.grid(axis="y", alpha=0.3)
