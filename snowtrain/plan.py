@@ -106,7 +106,36 @@ def plan_text(cfg: RunConfig, phase_name: str, gpus: int, mfu: float = 0.5,
     ]
     problem = fit_problem(cfg, ph, tp, dp, gpu_memory_gib)
     lines.append(f"  fits {gpu_memory_gib:g} GiB?      " + ("yes" if problem is None else f"NO: {problem}"))
+    lines += data_lines(cfg, ph)
     return "\n".join(lines)
+
+
+# Repeating data beyond about 4 epochs adds little (Muennighoff et al. 2023, data-constrained
+# scaling); the recipe's phase 2 repeats its top files 4 times.
+MANY_EPOCHS = 4.0
+
+
+def data_lines(cfg: RunConfig, ph: PhaseConfig, file=None) -> list[str]:
+    """The phase's blend, from the datasets' .idx files: each dataset's training tokens, weight
+    and about how many epochs of it the phase draws. Data not there yet is one line saying so."""
+    from .data.sources import blend_weights, open_sources
+    index = [p.name for p in cfg.phases].index(ph.name)
+    try:
+        sources = open_sources(ph.datasets, seq_len=ph.seq_len, valid_fraction=cfg.data.valid_fraction,
+                               key_prefix=f"phases[{index}]", file=file)
+    except ConfigError as e:
+        return [f"  data                 not read yet ({str(e).splitlines()[0]})"]
+    weights, how = blend_weights(sources)
+    samples = steps_for_phase(ph) * ph.global_batch_size
+    width = max(len(s.name) for s in sources)
+    lines = [f"  data                 {len(sources)} datasets, weights from {how}; epochs = samples "
+             "drawn / samples in the training split"]
+    for s, w in zip(sources, weights):
+        epochs = w * samples / max(1, (s.train_tokens - 1) // ph.seq_len)
+        note = f"  <- over {MANY_EPOCHS:g} epochs: repeats add little beyond that" if epochs > MANY_EPOCHS else ""
+        lines.append(f"    {s.name:{width}s}  {s.train_tokens:>15,} tokens  weight {w:.4f}  "
+                     f"~{epochs:,.2f} epochs{note}")
+    return lines
 
 
 def check_layout(cfg: RunConfig, ph: PhaseConfig, gpus: int) -> int:

@@ -179,6 +179,29 @@ def test_plan_of_a_valid_layout_still_prints(tmp_path):
     assert "TP=2, DP=32" in text and "16 per rank" in text
 
 
+def test_plan_shows_the_blend_with_the_epochs_the_trainer_plans(tmp_path):
+    """Each dataset's epochs in the plan (from .idx files alone) against the trainer's own data
+    (megatron-core's samples per epoch); over 4 epochs is pointed out; missing data is one line."""
+    from snowtrain.data import PhaseData
+    from train_helpers import make_datasets
+    cfg = recipe(tmp_path, make_datasets(tmp_path / "data"), weights=[0.7, 0.2, 0.1])
+    cfg.phases[0].tokens = 200 * 8 * 32   # 200 steps: dataset 0 is drawn many times over
+    cfg.data.valid_fraction = 0.1
+    text = plan_text(cfg, "p1", 1)
+    data = PhaseData.from_config(cfg, "p1")
+    rows = [line for line in text.splitlines() if line.startswith("    ds")]
+    assert len(rows) == 3 and "weights from explicit" in text
+    for row, stream, w in zip(rows, data.streams, (0.7, 0.2, 0.1)):
+        assert row.split()[0] == stream.name and f"weight {w:.4f}" in row
+        epochs = float(row.split("~")[1].split()[0])
+        want = w * data.budget_samples / stream.samples_per_epoch
+        assert epochs == pytest.approx(want, rel=0.02), (row, want)
+        assert ("<- over 4 epochs" in row) == (want > 4)
+    assert "<- over 4 epochs" in rows[0]
+    cfg.phases[0].datasets[0].path = str(tmp_path / "gone" / "ds_text_document")
+    assert "data                 not read yet (" in plan_text(cfg, "p1", 1)
+
+
 def test_plot_of_a_missing_file_is_exit_2_naming_it(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x.png")]) == 2
     assert "nope.jsonl does not exist" in capsys.readouterr().err

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from snowtrain.config import ConfigError, PhaseConfig, RunConfig, resolve_path
-from snowtrain.data.blend import (BlendCursor, BlendSchedule, DataPosition, Segment,
-                                  normalize_weights, steps_for_phase, weights_from_tokens)
+from snowtrain.data.blend import BlendCursor, BlendSchedule, DataPosition, Segment, steps_for_phase
 from snowtrain.data.samples import DatasetStream
-from snowtrain.data.sources import DatasetSource, check_token_ids, open_sources
+from snowtrain.data.sources import DatasetSource, blend_weights, check_token_ids, open_sources
 
 logger = logging.getLogger("snowtrain.data")
 
@@ -105,13 +104,7 @@ class PhaseData:
             key_prefix=self.key_prefix, file=config_file)
         self.token_ranges = check_token_ids(self.sources, vocab_size, self.cache_dir, config_file)
         self.names = [s.name for s in self.sources]
-        if all(s.weight is not None for s in self.sources):
-            self.config_weights = normalize_weights([s.weight for s in self.sources])
-            self.weights_from = "explicit"
-        else:
-            self.config_weights = weights_from_tokens([s.train_tokens for s in self.sources],
-                                                      [s.repeat for s in self.sources])
-            self.weights_from = "tokens x repeat"
+        self.config_weights, self.weights_from = blend_weights(self.sources)
 
         self.streams = [DatasetStream(s, seed=self.seed, seq_len=self.seq_len,
                                       cache_dir=self.cache_dir,

@@ -76,6 +76,16 @@ class DatasetSource:
                 "bin_bytes": self.bin_bytes, "dtype": self.dtype.name}
 
 
+def blend_weights(sources: Sequence[DatasetSource]) -> tuple[list[float], str]:
+    """The phase's normalised weights and where they come from: every dataset's `weight`, or
+    none given and each dataset's training tokens x its `repeat`."""
+    from .blend import normalize_weights, weights_from_tokens
+    if all(s.weight is not None for s in sources):
+        return normalize_weights([s.weight for s in sources]), "explicit"
+    return (weights_from_tokens([s.train_tokens for s in sources], [s.repeat for s in sources]),
+            "tokens x repeat")
+
+
 def _dataset_name(d: DatasetConfig, prefix: str) -> str:
     return d.name or os.path.basename(prefix.rstrip("/"))
 
