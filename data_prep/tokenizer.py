@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -76,6 +77,11 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
             raise ValueError(f"the tokenizer's vocab_size={vocab_size} is too large for so little "
                              f"text ({str(e).split('Please')[-1].strip()}): lower the vocab size or "
                              "give more data") from None
+        need = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if need:
+            raise ValueError(f"the tokenizer's vocab_size={vocab_size} is smaller than the {need.group(2)} "
+                             "pieces every character of the text plus the special tokens need: raise "
+                             "the vocab size") from None
         raise
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

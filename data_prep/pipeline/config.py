@@ -69,6 +69,10 @@ class Phase1Config:
     # Keep only these languages (our names: python, java, cpp, ...); null: all.
     languages: Optional[list[str]] = None
     max_file_bytes: int = 1 << 20
+    # Jupyter notebooks: "script" turns the .ipynb JSON into a percent-format script before the
+    # filters (code cells, markdown as comments, no outputs; data_prep/notebooks.py); "raw"
+    # keeps the JSON.
+    notebooks: str = "script"
     filters: dict = field(default_factory=dict)
     exact_dedup: DedupStageConfig = field(default_factory=DedupStageConfig)
     near_dedup: DedupStageConfig = field(default_factory=DedupStageConfig)
@@ -100,6 +104,9 @@ def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config
         if not 0 < s.sample_fraction <= 1:
             raise ConfigError(f"sample_fraction must be in (0, 1], got {s.sample_fraction}",
                               file=path, key=f"sources[{i}].sample_fraction", fix="use e.g. 0.1")
+    if cfg.notebooks not in ("script", "raw"):
+        raise ConfigError(f"must be script or raw, got {cfg.notebooks!r}", file=path, key="notebooks",
+                          fix="notebooks: script (code and markdown as a script) or raw (the JSON)")
     check_sources(cfg.sources, "sources", path)
     try:
         check_languages(cfg.languages)

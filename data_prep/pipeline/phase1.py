@@ -17,6 +17,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import yaml
+
 from snowtrain.config import ConfigError
 
 from ..comm import local_size
@@ -77,6 +79,7 @@ def list_units(cfg: Phase1Config) -> list[tuple[int, object]]:
 def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, out: Path) -> None:
     """Reads one unit and applies the filters; writes kept records and the unit's counts."""
     from ..filters import FilterChain
+    from ..notebooks import notebook_to_script
     src = _source(cfg, source_index, [unit] if isinstance(unit, str) else None)
     chain = FilterChain(cfg.filters)
     records = src.iter_unit(unit) if isinstance(src, TreeSource) else iter(src)
@@ -85,7 +88,12 @@ def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, ou
     for rec in records:
         c = per_lang[rec.lang]
         c["in"] += 1
-        reason = chain.reason(rec)
+        reason = None
+        if rec.lang == "jupyter" and cfg.notebooks == "script":
+            script, reason = notebook_to_script(rec.content)
+            if script is not None:
+                rec.content = script
+        reason = reason or chain.reason(rec)
         if reason is None:
             c["kept"] += 1
             kept.append(rec)
@@ -112,7 +120,18 @@ class Phase1(PipelineRun):
         self.check_work_dir(restart)
 
     def _check_work_dir(self, restart: bool) -> None:
-        self.write_stamp(self.work / "config.yaml", dump(self.cfg), restart, ignore=UNSTAMPED_KEYS)
+        stamp = self.work / "config.yaml"
+        if not restart and stamp.exists():
+            old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(dump(self.cfg))
+            others = (set(old) | set(new)) - {"tokenizer", *UNSTAMPED_KEYS}
+            if old.get("tokenizer") != new.get("tokenizer") and all(old.get(k) == new.get(k) for k in others):
+                # only the tokenizer changed: what came before it (reading to grouping) stands
+                for name in ("tokenizer", "tok"):
+                    shutil.rmtree(self.work / name, ignore_errors=True)
+                write_text(stamp, dump(self.cfg))
+                self.log("the tokenizer settings changed: training the tokenizer and tokenizing again "
+                         "from the grouped documents")
+        self.write_stamp(stamp, dump(self.cfg), restart, ignore=UNSTAMPED_KEYS)
 
     # ------------------------------------------------------------------ stages
     def run(self) -> dict | None:
@@ -252,20 +271,26 @@ class Phase1(PipelineRun):
             Tokenizer(tcfg.model)  # fails early with a clear message if unusable
             return tcfg.model
         model = self.work / "tokenizer" / "tokenizer.model"
-        if self.rank == 0 and not model.exists():
-            self.log(f"training a {tcfg.vocab_size}-piece tokenizer")
-            total = sum(c["chars"] for b in range(self.cfg.buckets) for c in json.loads(
-                self._bucket_path("group", b).with_suffix(".json").read_text()).values())
-            share = min(1.0, tcfg.sample_mb * 2**20 / max(1, total))
-
-            def sample():
-                for b in range(self.cfg.buckets):
-                    for d in load_pickle(self._bucket_path("group", b)):
-                        if _stable_fraction(f"{tcfg.seed}\0{d.lang}\0{d.repo}\0{d.part}") < share:
-                            yield d.text
-            train_tokenizer(sample(), model.parent, tcfg.vocab_size, seed=tcfg.seed, threads=tcfg.threads)
-        self.comm.barrier()
+        self.on_rank0(lambda: model.exists() or self._train_tokenizer(model))
         return str(model)
+
+    def _train_tokenizer(self, model: Path) -> None:
+        tcfg = self.cfg.tokenizer
+        self.log(f"training a {tcfg.vocab_size}-piece tokenizer")
+        total = sum(c["chars"] for b in range(self.cfg.buckets) for c in json.loads(
+            self._bucket_path("group", b).with_suffix(".json").read_text()).values())
+        share = min(1.0, tcfg.sample_mb * 2**20 / max(1, total))
+
+        def sample():
+            for b in range(self.cfg.buckets):
+                for d in load_pickle(self._bucket_path("group", b)):
+                    if _stable_fraction(f"{tcfg.seed}\0{d.lang}\0{d.repo}\0{d.part}") < share:
+                        yield d.text
+        try:
+            train_tokenizer(sample(), model.parent, tcfg.vocab_size, seed=tcfg.seed, threads=tcfg.threads)
+        except ValueError as e:
+            raise ConfigError(str(e), file=self.config_file, key="tokenizer.vocab_size",
+                              fix="change tokenizer.vocab_size as the message says") from None
 
     def tokenize(self, model: str) -> None:
         tok = Tokenizer(model)

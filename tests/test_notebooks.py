@@ -1,0 +1,110 @@
+"""Jupyter notebooks become percent-format scripts (data_prep/notebooks.py): jupytext, reading
+the script back, finds every code and markdown cell of the notebook (nbformat writes them); no
+output, image or metadata survives; unreadable notebooks and ones without code are counted
+drops; and phase 1 writes the scripts, not the JSON."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.notebooks import notebook_to_script
+
+nbformat = pytest.importorskip("nbformat")
+jupytext = pytest.importorskip("jupytext")
+
+BIN = Path(sys.executable).parent
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def make_notebook(cells, language="python") -> str:
+    v4 = nbformat.v4
+    nb = v4.new_notebook(metadata={"kernelspec": {"name": language, "language": language,
+                                                  "display_name": language},
+                                   "language_info": {"name": language}})
+    for kind, src in cells:
+        if kind == "code":
+            c = v4.new_code_cell(src, execution_count=3)
+            c.outputs = [v4.new_output("display_data", data={"image/png": PIXEL * 40, "text/plain": "<Figure>"}),
+                         v4.new_output("stream", name="stdout", text="printed output\n")]
+        elif kind == "markdown":
+            c = v4.new_markdown_cell(src)
+        else:
+            c = v4.new_raw_cell(src)
+        nb.cells.append(c)
+    return nbformat.writes(nb)
+
+
+CELLS = [("markdown", "# Fitting a line\n\nWe fit *y = ax + b*."),
+         ("code", "%matplotlib inline\nimport numpy as np\n!pip install numpy"),
+         ("code", "def fit(x, y):\n    a, b = np.polyfit(x, y, 1)\n\n    return a, b"),
+         ("code", "   \n"),                                    # an empty cell: dropped
+         ("raw", "raw text for nbconvert"),                     # a raw cell: dropped
+         ("markdown", "Done."),
+         ("code", "fit([0, 1, 2], [1, 3, 5])")]
+
+
+def test_jupytext_reads_the_script_back_into_the_notebooks_cells():
+    script, why = notebook_to_script(make_notebook(CELLS))
+    assert why is None
+    back = jupytext.reads(script, fmt="py:percent")
+    got = [(c.cell_type, c.source.strip()) for c in back.cells]
+    want = [(k, s.strip()) for k, s in CELLS if k != "raw" and s.strip()]
+    assert got == want
+    assert PIXEL[:40] not in script and "printed output" not in script and "execution_count" not in script
+    assert "# %matplotlib inline" in script and "# !pip install numpy" in script   # not code
+    compile(script, "<script>", "exec")            # the rest is plain Python
+
+
+def test_other_kernels_formats_and_drops():
+    scala, _ = notebook_to_script(make_notebook([("markdown", "Hi"), ("code", "val x = 1")], "scala"))
+    assert scala == "// %% [markdown]\n// Hi\n\n// %%\nval x = 1\n"
+    v3 = {"nbformat": 3, "metadata": {}, "worksheets": [{"cells": [
+        {"cell_type": "heading", "level": 1, "source": ["Title"]},
+        {"cell_type": "code", "language": "python", "input": ["x = 1\n", "print(x)"], "outputs": []}]}]}
+    assert notebook_to_script(json.dumps(v3)) == ("# %% [markdown]\n# Title\n\n# %%\nx = 1\nprint(x)\n", None)
+    assert notebook_to_script('{"cells": [') == (None, "notebook_unreadable")
+    assert notebook_to_script('{"nbformat": 4}') == (None, "notebook_unreadable")
+    assert notebook_to_script("[1, 2]") == (None, "notebook_unreadable")
+    assert notebook_to_script(make_notebook([("markdown", "only prose"), ("code", "  ")])) == \
+        (None, "notebook_no_code")
+
+
+def test_phase1_trains_on_the_scripts_and_counts_the_drops(tmp_path):
+    from data_prep.dataset_files import PhaseOutput
+    repo = tmp_path / "src" / "org" / "analysis"
+    repo.mkdir(parents=True)
+    for i in range(6):
+        cells = [("markdown", f"## Step {i}"), ("code", f"import math\n\ndef area_{i}(r):\n    "
+                                                         f"return math.pi * r ** {i + 2}\n\nprint(area_{i}(2))")]
+        (repo / f"nb{i}.ipynb").write_text(make_notebook(cells))
+        (repo / f"mod{i}.py").write_text(f"def twice_{i}(x):\n    return {i} * x + x\n\nprint(twice_{i}(3))\n")
+    (repo / "broken.ipynb").write_text('{"cells": [')
+    (repo / "prose.ipynb").write_text(make_notebook([("markdown", "nothing to run here at all")]))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "output": str(tmp_path / "out"), "sources": [{"type": "tree", "paths": [str(tmp_path / "src")]}],
+        "near_dedup": {"enabled": False}, "decontamination": {"enabled": False},
+        "tokenizer": {"vocab_size": 300}, "buckets": 2}))
+    r = subprocess.run([str(BIN / "data-prep"), "phase1", "--config", str(cfg), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    # too few pieces for the characters of the corpus: a config error naming the key
+    assert r.returncode == 2 and "tokenizer.vocab_size" in r.stderr and "raise the vocab size" in r.stderr, r.stderr
+    cfg.write_text(cfg.read_text().replace("\"vocab_size\": 300", "\"vocab_size\": 400"))
+    r = subprocess.run([str(BIN / "data-prep"), "phase1", "--config", str(cfg), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    # the corrected vocab_size reruns from the tokenizer on, without --restart
+    assert "the tokenizer settings changed" in r.stdout and "input units" in r.stdout
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    jup = m["languages"]["jupyter"]
+    assert jup["filter"]["in"] == 8 and jup["filter"]["kept"] == 6
+    assert jup["filter"]["dropped"] == {"notebook_unreadable": 1, "notebook_no_code": 1}
+    files = list(PhaseOutput(tmp_path / "out").files("jupyter"))
+    assert len(files) == 6
+    for f in files:
+        assert f.content.startswith("# %% [markdown]\n# ## Step") and "\n# %%\nimport math\n" in f.content
+        assert '"cell_type"' not in f.content and PIXEL[:40] not in f.content
