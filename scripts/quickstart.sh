@@ -39,6 +39,8 @@ check_datasets "$OUT/data/phase2"
 RECIPE=configs/recipe/quickstart.yaml
 echo "== plan: what each phase costs"
 snowtrain plan --config "$RECIPE" --phase phase1 --gpus 1
+echo "== samples: what step 1 of phase 1 trains on"
+snowtrain samples --config "$RECIPE" --phase phase1 --step 1 --count 3 --chars 90
 
 echo "== train: the tiny model through phases 1 and 2 (resumes if run again)"
 snowtrain train --config "$RECIPE" --phase phase1

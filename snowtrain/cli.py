@@ -3,6 +3,7 @@
   snowtrain train --config R.yaml --phase phase1 [--set k=v]   (under torchrun or srun)
   snowtrain plan  --config R.yaml --phase phase1 --gpus 64
   snowtrain plot  LOG_DIR_OR_METRICS.jsonl ... --out loss.png
+  snowtrain samples --config R.yaml --phase phase1 --step 1200   (what a step trains on)
   snowtrain config --config R.yaml [--set k=v]
   snowtrain export CHECKPOINT_DIR --out hf_model/      (Hugging Face Llama format)
   snowtrain serve  HF_MODEL_OR_CHECKPOINT --port 8000  (OpenAI-compatible HTTP API)
@@ -101,6 +102,12 @@ def main(argv=None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="default: training.peak_tflops")
     c = sub.add_parser("config", help="validate a recipe and print it fully resolved")
     _config_args(c)
+    sm = sub.add_parser("samples", help="the training samples of a step: dataset, index and text")
+    _config_args(sm)
+    sm.add_argument("--phase", required=True)
+    sm.add_argument("--step", type=int, default=1, help="1-based, as the logs count (default 1)")
+    sm.add_argument("--count", type=int, default=8, help="samples shown (0: the whole global batch)")
+    sm.add_argument("--chars", type=int, default=160, help="characters of each sample shown")
     pl = sub.add_parser("plot", help="plot the loss curve across phases to a PNG")
     pl.add_argument("paths", nargs="+", help="log folders or metrics.jsonl files")
     pl.add_argument("--out", default="loss.png")
@@ -142,6 +149,10 @@ def main(argv=None) -> int:
             return _train(args)
         elif args.cmd == "plot":
             return _plot(args)
+        elif args.cmd == "samples":
+            from .data.preview import samples_text
+            cfg = load_config(args.config, args.overrides)
+            print(samples_text(cfg, args.phase, args.step, args.count, args.chars, config_file=args.config))
         elif args.cmd == "export":
             import torch
             from .export import export_checkpoint
