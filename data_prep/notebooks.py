@@ -6,6 +6,9 @@ as comments; raw cells are dropped, as are outputs, execution counts, metadata a
 images (base64), which are most of a notebook's bytes. The comment mark follows the kernel's
 language (`#` for Python, R, Julia, shell; `//` for C-like languages; `--` for SQL, ...).
 
+The percent format cannot tell a markdown line that starts with "%%" from a cell marker (jupytext's
+own writer loses such a line too); it stays as text here.
+
 notebook_to_script(text) -> (script, None), or (None, reason): "notebook_unreadable" (not JSON
 or not a notebook) or "notebook_no_code" (no code cell with code in it).
 """
@@ -21,16 +24,26 @@ _COMMENT = {"python": "#", "r": "#", "julia": "#", "bash": "#", "sh": "#", "shel
             "haskell": "--", "lua": "--", "matlab": "%", "octave": "%"}
 
 
-def _source(cell: dict) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src if isinstance(src, str) else ""
+def _source(src) -> str:
+    """A cell's source (a string or a list of strings; anything else in it is skipped), with
+    CRLF and CR line ends made LF."""
+    if isinstance(src, list):
+        src = "".join(part for part in src if isinstance(part, str))
+    elif not isinstance(src, str):
+        return ""
+    return src.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _dict(d, key: str) -> dict:
+    v = d.get(key) if isinstance(d, dict) else None
+    return v if isinstance(v, dict) else {}
 
 
 def _language(nb: dict) -> str:
-    meta = nb.get("metadata") or {}
-    info = meta.get("language_info") or {}
-    kernel = meta.get("kernelspec") or {}
-    return str(info.get("name") or kernel.get("language") or "python").lower()
+    meta = _dict(nb, "metadata")
+    name = _dict(meta, "language_info").get("name") or _dict(meta, "kernelspec").get("language") or "python"
+    name = str(name).lower()
+    return "cpp" if name.startswith("c++") else name
 
 
 def _commented(lines: list[str], mark: str) -> list[str]:
@@ -48,24 +61,27 @@ def notebook_to_script(text: str) -> tuple[str | None, str | None]:
         cells = [c for ws in nb["worksheets"] if isinstance(ws, dict) for c in ws.get("cells") or []]
     if not isinstance(cells, list):
         return None, "notebook_unreadable"
-    mark = _COMMENT.get(_language(nb), "#")
-    python = mark == "#"
+    language = _language(nb)
+    mark = _COMMENT.get(language, "#")
+    python = language.startswith("python")   # IPython's magics and shell escapes
     parts, has_code = [], False
     for cell in cells:
         if not isinstance(cell, dict):
             continue
         kind = cell.get("cell_type")
         # nbformat 3 kept a code cell's source under "input"
-        src = _source(cell) if "source" in cell else _source({"source": cell.get("input", "")})
-        lines = src.splitlines()
+        src = _source(cell.get("source") if "source" in cell else cell.get("input"))
+        lines = src.split("\n")   # not splitlines(): \x0c or U+2028 inside a string literal stay
+        while lines and not lines[-1].strip():
+            lines.pop()
         if kind == "code":
-            if not src.strip():
+            if not lines:
                 continue
             has_code = True
             if python:   # magics and shell escapes are not code: as jupytext, comment them out
                 lines = [f"# {line}" if line.lstrip().startswith(("%", "!")) else line for line in lines]
             parts.append("\n".join([f"{mark} %%", *lines]))
-        elif kind in ("markdown", "heading") and src.strip():
+        elif kind in ("markdown", "heading") and lines:
             parts.append("\n".join([f"{mark} %% [markdown]", *_commented(lines, mark)]))
     if not has_code:
         return None, "notebook_no_code"

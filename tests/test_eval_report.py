@@ -49,6 +49,22 @@ def test_the_table_puts_each_model_beside_the_paper(tmp_path, hf_dir, capsys):
     assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_paths_names_and_times_pick_the_right_row(tmp_path):
+    from snowtrain.evaluation.report import collect, table
+    ev = tmp_path / "ev"
+    # the innermost phase counts; a subset is not the paper's benchmark; the later run wins
+    # across time zones (10:00+02:00 is before 09:30Z)
+    _summary(ev / "a", "/runs/phase1-ablation/ckpt/phase3/step_9", "HumanEvalPlus-Mini-v0.1.10", 0.5)
+    _summary(ev / "b", "/m/phase2/step_1", "EvoEval_difficult", 0.1)
+    _summary(ev / "c", "/m/phase2/step_1", "MbppPlus-v0.2.0", 0.4, finished="2026-11-27T10:00:00+0200")
+    _summary(ev / "d", "/m/phase2/step_1", "MbppPlus-v0.2.0", 0.1, finished="2026-11-27T09:30:00+0000")
+    records = collect([ev])
+    assert [(r["phase"], r["benchmark"], r["pass@1"]) for r in records] == [
+        (2, "EvoEval_difficult", 0.1), (2, "MbppPlus-v0.2.0", 0.1), (3, "HumanEvalPlus-Mini-v0.1.10", 0.5)]
+    head = table(records).splitlines()[0]
+    assert head == "| model | EvoEval_difficult | HumanEvalPlus-Mini-v0.1.10 | MbppPlus-v0.2.0 | paper MBPP+ |"
+
+
 def test_nothing_to_report_or_a_broken_summary_exits_2(tmp_path, capsys):
     assert cli.main(["eval-report", str(tmp_path)]) == 2
     assert "no summary.json under" in capsys.readouterr().err
@@ -56,5 +72,10 @@ def test_nothing_to_report_or_a_broken_summary_exits_2(tmp_path, capsys):
     (tmp_path / "x" / "summary.json").write_text('{"model": "m"}')
     assert cli.main(["eval-report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "x" / "summary.json") in err and "not a summary written by snowtrain eval" in err
+    assert f"skipping {tmp_path / 'x' / 'summary.json'}: not a summary written by snowtrain eval" in err
+    assert "no readable summary among" in err
+    _summary(tmp_path / "y", "/m/phase1/s", "humaneval", 0.25)   # one broken file skipped, the rest shown
+    assert cli.main(["eval-report", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "| phase1/s (phase 1) | 25.0 /164 |" in out and "skipping" in err
     assert cli.main(["eval-report", str(tmp_path / "missing")]) == 2

@@ -66,6 +66,15 @@ def test_other_kernels_formats_and_drops():
         {"cell_type": "heading", "level": 1, "source": ["Title"]},
         {"cell_type": "code", "language": "python", "input": ["x = 1\n", "print(x)"], "outputs": []}]}]}
     assert notebook_to_script(json.dumps(v3)) == ("# %% [markdown]\n# Title\n\n# %%\nx = 1\nprint(x)\n", None)
+    # odd but valid JSON: non-string source parts, non-dict metadata, CRLF, a markdown "%%" line,
+    # a form feed inside a string; an R kernel keeps its "!" lines
+    odd = {"metadata": "x", "cells": [
+        {"cell_type": "markdown", "source": ["%% not a cell\r\n", None, "text"]},
+        {"cell_type": "code", "source": ["s = 'a\x0cb'\r\n", 7, "print(s)\n", "\n"]}]}
+    script, why = notebook_to_script(json.dumps(odd))
+    assert script == "# %% [markdown]\n# %% not a cell\n# text\n\n# %%\ns = 'a\x0cb'\nprint(s)\n" and why is None
+    r, _ = notebook_to_script(make_notebook([("code", "x <- c(1, NA)\n!is.na(x)")], "R"))
+    assert "\n!is.na(x)\n" in r
     assert notebook_to_script('{"cells": [') == (None, "notebook_unreadable")
     assert notebook_to_script('{"nbformat": 4}') == (None, "notebook_unreadable")
     assert notebook_to_script("[1, 2]") == (None, "notebook_unreadable")

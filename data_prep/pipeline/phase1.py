@@ -90,7 +90,10 @@ def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, ou
         c["in"] += 1
         reason = None
         if rec.lang == "jupyter" and cfg.notebooks == "script":
-            script, reason = notebook_to_script(rec.content)
+            try:
+                script, reason = notebook_to_script(rec.content)
+            except Exception:  # noqa: BLE001 - a notebook too odd to read is one counted drop
+                script, reason = None, "notebook_unreadable"
             if script is not None:
                 rec.content = script
         reason = reason or chain.reason(rec)
@@ -131,6 +134,9 @@ class Phase1(PipelineRun):
                 write_text(stamp, dump(self.cfg))
                 self.log("the tokenizer settings changed: training the tokenizer and tokenizing again "
                          "from the grouped documents")
+                if (self.out / "manifest.json").exists():
+                    self.log(f"warning: {self.out} was finished; its tokenizer and datasets are "
+                             "replaced, so redo the later phases and training built on them")
         self.write_stamp(stamp, dump(self.cfg), restart, ignore=UNSTAMPED_KEYS)
 
     # ------------------------------------------------------------------ stages
@@ -286,9 +292,14 @@ class Phase1(PipelineRun):
                 for d in load_pickle(self._bucket_path("group", b)):
                     if _stable_fraction(f"{tcfg.seed}\0{d.lang}\0{d.repo}\0{d.part}") < share:
                         yield d.text
+        if not tcfg.sample_mb > 0:
+            raise ConfigError(f"must be positive, got {tcfg.sample_mb}", file=self.config_file,
+                              key="tokenizer.sample_mb", fix="train the tokenizer on e.g. 1000 MB of text")
         try:
             train_tokenizer(sample(), model.parent, tcfg.vocab_size, seed=tcfg.seed, threads=tcfg.threads)
         except ValueError as e:
+            if "vocab_size" not in str(e):
+                raise
             raise ConfigError(str(e), file=self.config_file, key="tokenizer.vocab_size",
                               fix="change tokenizer.vocab_size as the message says") from None
 

@@ -132,8 +132,14 @@ run_eval() {  # OUT_DIR [--benchmark NAME | --problems FILE]
 # 3. The scores so far, every phase's evaluations side by side (a failed report fails nothing).
 report() {  # EXIT_STATUS
     local folders=("$out")
-    [[ -z ${SNOWTRAIN_EVAL_OUT:-} ]] && folders=("$root"/eval-*/)
-    if st_tool snowtrain eval-report "${folders[@]}" --out "$root/eval-report.md" >/dev/null; then
+    if [[ -z ${SNOWTRAIN_EVAL_OUT:-} ]]; then
+        shopt -s nullglob
+        folders=("$root"/eval-*/)
+        shopt -u nullglob
+    fi
+    if [[ ${#folders[@]} -eq 0 || ! -e ${folders[0]} ]]; then
+        st_log "no evaluation to report"
+    elif st_tool snowtrain eval-report "${folders[@]}" --out "$root/eval-report.md" >/dev/null; then
         st_log "report of the evaluations so far: $root/eval-report.md"
     else
         st_log "no report of the evaluations (see above)"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..config import ConfigError
@@ -13,14 +15,32 @@ from ..config import ConfigError
 # Greedy pass@1 (%) after each phase (Wei, Han, Samdani 2024, arXiv 2409.02326, table of results).
 PAPER = {"HumanEval+": {1: 14.0, 2: 21.3, 3: 28.0}, "MBPP+": {1: 27.8, 2: 34.7, 3: 42.9},
          "EvoEval": {1: 7.4, 2: 12.8, 3: 18.0}, "BigCodeBench": {1: 10.3, 2: 12.3, 3: 19.4}}
-_PAPER_NAME = (("humanevalplus", "HumanEval+"), ("mbppplus", "MBPP+"), ("evoeval", "EvoEval"),
-               ("bigcodebench", "BigCodeBench"))
-_PHASE = re.compile(r"(?:^|[/_-])phase([123])(?:$|[/_-])")
+# A benchmark's name without its version (HumanEvalPlus-v0.1.10) -> the paper's column; subsets
+# (HumanEvalPlus-Mini, EvoEval_difficult) are other benchmarks.
+_PAPER_NAME = {"humanevalplus": "HumanEval+", "mbppplus": "MBPP+", "evoeval": "EvoEval",
+               "bigcodebench": "BigCodeBench"}
+_PHASE = re.compile(r"(?:^|[/_-])phase([123])(?=$|[/_-])")
 
 
 def paper_benchmark(name: str) -> str | None:
-    low = name.lower().replace("-", "").replace("_", "")
-    return next((label for key, label in _PAPER_NAME if low.startswith(key)), None)
+    return _PAPER_NAME.get(re.sub(r"[-_]v?\d+(\.\d+)*$", "", name).lower())
+
+
+def _phase(*paths: str) -> int | None:
+    """The phase a path names, innermost first (/runs/phase1-ablation/ckpt/phase3/... is 3)."""
+    for path in paths:
+        found = _PHASE.findall(path)
+        if found:
+            return int(found[-1])
+    return None
+
+
+def _when(stamp: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(stamp)
+        return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=timezone.utc)
 
 
 def find_summaries(paths) -> list[Path]:
@@ -39,23 +59,29 @@ def find_summaries(paths) -> list[Path]:
     return found
 
 
-def collect(paths) -> list[dict]:
-    """One record per (model, benchmark): the latest finished evaluation of it."""
+def collect(paths, say=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
+    """One record per (model, benchmark): the latest finished evaluation of it. A file that is
+    not a summary is skipped with a warning; none readable is a ConfigError."""
     latest: dict[tuple, dict] = {}
+    broken = []
     for f in find_summaries(paths):
         try:
             s = json.loads(f.read_text())
             rec = {"model": s["model"], "benchmark": s["benchmark"], "problems": s["problems"],
-                   "pass@1": s["pass@k"]["pass@1"], "base": s.get("base_pass@k", {}).get("pass@1"),
+                   "pass@1": s["pass@k"]["pass@1"], "base": (s.get("base_pass@k") or {}).get("pass@1"),
                    "finished_at": s.get("finished_at", ""), "file": str(f)}
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"not a summary written by snowtrain eval ({type(e).__name__}: {e})",
-                              file=f, fix="remove it, or rerun that evaluation") from None
-        m = _PHASE.search(str(rec["model"])) or _PHASE.search(str(f))
-        rec["phase"] = int(m.group(1)) if m else None
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+            broken.append(f)
+            say(f"snowtrain eval-report: skipping {f}: not a summary written by snowtrain eval "
+                f"({type(e).__name__}: {e})")
+            continue
+        rec["phase"] = _phase(str(rec["model"]), str(f))
         key = (rec["model"], rec["benchmark"])
-        if key not in latest or rec["finished_at"] >= latest[key]["finished_at"]:
+        if key not in latest or _when(rec["finished_at"]) >= _when(latest[key]["finished_at"]):
             latest[key] = rec
+    if not latest:
+        raise ConfigError("no readable summary among " + ", ".join(map(str, broken)), file=None,
+                          fix="rerun those evaluations (snowtrain eval writes OUT/summary.json last)")
     return sorted(latest.values(), key=lambda r: (r["phase"] or 99, r["model"], r["benchmark"]))
 
 
@@ -130,8 +156,6 @@ def plot(records: list[dict], out_png) -> Path:
 
 def report_command(args) -> int:
     """0 done, 2 nothing to report or an unreadable summary."""
-    import sys
-
     from .runner import write_atomic
     try:
         records = collect(args.paths)
