@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     sm.add_argument("--step", type=int, default=1, help="1-based, as the logs count (default 1)")
     sm.add_argument("--count", type=int, default=8, help="samples shown (0: the whole global batch)")
     sm.add_argument("--chars", type=int, default=160, help="characters of each sample shown")
+    sm.add_argument("--checkpoint", default=None,
+                    help="a checkpoint of the phase: its blend history, then the config's weights")
     pl = sub.add_parser("plot", help="plot the loss curve across phases to a PNG")
     pl.add_argument("paths", nargs="+", help="log folders or metrics.jsonl files")
     pl.add_argument("--out", default="loss.png")
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
         elif args.cmd == "samples":
             from .data.preview import samples_text
             cfg = load_config(args.config, args.overrides)
-            print(samples_text(cfg, args.phase, args.step, args.count, args.chars, config_file=args.config))
+            print(samples_text(cfg, args.phase, args.step, args.count, args.chars, config_file=args.config,
+                               checkpoint=args.checkpoint))
         elif args.cmd == "export":
             import torch
             from .export import export_checkpoint

@@ -42,3 +42,38 @@ def test_the_command_shows_decoded_samples_and_refuses_other_steps(tmp_path, cap
     assert cli.main(["samples", "--config", str(path), "--phase", "p1", "--step", "13"]) == 2
     assert "outside the phase's steps 1..12" in capsys.readouterr().err
     assert Path(cfg.tokenizer).is_file()
+
+
+def test_with_a_checkpoint_the_samples_follow_a_blend_changed_at_resume(tmp_path, capsys):
+    """Weights changed at a resume from step 4: the samples shown for steps 5-8 are what the
+    resumed trainer consumed (the counters of its step-8 checkpoint minus those of step 4), and
+    steps before the checkpoint keep the old blend."""
+    import json
+    from snowtrain.data.preview import load_checkpoint_data
+    from snowtrain.train import train_phase
+    data_dirs = make_datasets(tmp_path / "data")
+    old = recipe(tmp_path, data_dirs, weights=[0.5, 0.3, 0.2])
+    train_phase(old, "p1", max_steps=4)
+    new = recipe(tmp_path, data_dirs, weights=[0.1, 0.1, 0.8])
+    ck4 = tmp_path / "ckpt" / "p1" / "step_00000004"
+    shown = PhaseData.from_config(new, "p1")
+    assert "blend change" in load_checkpoint_data(shown, ck4)
+    predicted = {}
+    for step in range(5, 9):
+        for s in step_samples(shown, step):
+            predicted[s.dataset] = predicted.get(s.dataset, 0) + 1
+    before = step_samples(PhaseData.from_config(old, "p1"), 2)
+    assert [(s.sample, s.dataset, s.index) for s in step_samples(shown, 2)] == \
+        [(s.sample, s.dataset, s.index) for s in before]
+    train_phase(new, "p1", max_steps=4)
+    consumed = [json.loads((tmp_path / "ckpt" / "p1" / f"step_0000000{k}" / "extra.json").read_text())
+                ["data"]["per_dataset_consumed"] for k in (4, 8)]
+    assert predicted == {k: consumed[1][k] - consumed[0].get(k, 0) for k in consumed[1]
+                         if consumed[1][k] != consumed[0].get(k, 0)}
+    path = save_config(new, tmp_path / "r.yaml")
+    assert cli.main(["samples", "--config", str(path), "--phase", "p1", "--step", "6",
+                     "--checkpoint", str(ck4)]) == 0
+    out = capsys.readouterr().out
+    assert f"the blend of {ck4} and after it" in out and "blend change at step 4" in out
+    assert cli.main(["samples", "--config", str(path), "--phase", "p1", "--checkpoint", str(tmp_path)]) == 2
+    assert "cannot take the data position from it" in capsys.readouterr().err

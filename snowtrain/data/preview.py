@@ -3,7 +3,9 @@ each comes from, its index there, and its text (decoded with the run's tokenizer
 a blend or a new dataset before spending GPU hours, or for looking at what a loss spike saw."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,16 +33,33 @@ def step_samples(data, step: int) -> list[StepSample]:
             for i, (d, j) in enumerate(zip(ds, per))]
 
 
-def samples_text(cfg: RunConfig, phase: str, step: int, count: int, chars: int, config_file=None) -> str:
+def load_checkpoint_data(data, checkpoint) -> str | None:
+    """`data` positioned as a run resuming from `checkpoint` with this config would be: its blend
+    history, then the config's weights from its step on. -> the blend change, if any."""
+    path = Path(checkpoint) / "extra.json"
+    try:
+        state = json.loads(path.read_text())["data"]
+        return data.load_state_dict(state)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot take the data position from it ({type(e).__name__}: {e})", file=path,
+                          key="--checkpoint", fix="give a checkpoint folder (step_N) of this phase") from None
+
+
+def samples_text(cfg: RunConfig, phase: str, step: int, count: int, chars: int, config_file=None,
+                 checkpoint=None) -> str:
     from data_prep.tokenizer import Tokenizer
 
     from .phase import PhaseData
     from ..config import resolve_path
     data = PhaseData.from_config(cfg, phase, config_file=config_file)
+    change = load_checkpoint_data(data, checkpoint) if checkpoint else None
     tok = Tokenizer(resolve_path(cfg.tokenizer, "tokenizer", config_file)) if cfg.tokenizer else None
     rows = step_samples(data, step)
     lines = [f"{phase} step {step}/{data.total_steps}: samples {rows[0].sample}-{rows[-1].sample}, "
-             f"{data.seq_len} tokens each, weights from {data.weights_from}"]
+             f"{data.seq_len} tokens each, weights from {data.weights_from}"
+             + (f"; the blend of {checkpoint} and after it" if checkpoint else "")]
+    if change:
+        lines.append(f"  ({change})")
     shown = rows[:count] if count else rows
     width = max(len(r.dataset) for r in shown)
     for r in shown:
