@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .evaluation.backends import cut_at_stop
+
 
 @dataclass
 class Request:
@@ -50,10 +52,6 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gene
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def _first_stop(text: str, stop) -> int:
-    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-
-
 class Decoder:
     """Decodes batches of Requests with a Hugging Face causal LM and a sentencepiece tokenizer."""
 
@@ -69,10 +67,9 @@ class Decoder:
         """The result once row `out` is done, else None."""
         if out[-1] == self.eos_id:
             return Result(self.sp.decode(out[:-1]), len(out), "stop")
-        text = self.sp.decode(out)
-        cut = _first_stop(text, req.stop)
-        if cut >= 0:
-            return Result(text[:cut], len(out), "stop")
+        text, stopped = cut_at_stop(self.sp.decode(out), req.stop)
+        if stopped:
+            return Result(text, len(out), "stop")
         if len(out) >= req.max_tokens:
             return Result(text, len(out), "length")
         return None
