@@ -131,7 +131,7 @@ def data_lines(cfg: RunConfig, ph: PhaseConfig, file=None) -> list[str]:
     lines = [f"  data                 {len(sources)} datasets, weights from {how}; epochs = samples "
              "drawn / samples in the training split"]
     for s, w in zip(sources, weights):
-        epochs = w * samples / max(1, (s.train_tokens - 1) // ph.seq_len)
+        epochs = w * samples / s.samples_per_epoch(ph.seq_len)   # open_sources ensures >= 1
         note = f"  <- over {MANY_EPOCHS:g} epochs: repeats add little beyond that" if epochs > MANY_EPOCHS else ""
         lines.append(f"    {s.name:{width}s}  {s.train_tokens:>15,} tokens  weight {w:.4f}  "
                      f"~{epochs:,.2f} epochs{note}")

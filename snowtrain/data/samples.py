@@ -68,8 +68,7 @@ class DatasetStream:
         self.tokenizer = StreamTokenizer(source.fingerprint)
         # Megatron's IndexedDataset (mmap'd .bin/.idx), shared by every epoch.
         self.low_level = GPTDataset.build_low_level_dataset(source.prefix, self._config(0))
-        # Same formula as megatron: (tokens - 1) // seq_len samples per epoch.
-        self.samples_per_epoch = (source.train_tokens - 1) // self.seq_len
+        self.samples_per_epoch = source.samples_per_epoch(self.seq_len)
         self.epochs: list = []
         self.valid = None
 

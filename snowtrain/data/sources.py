@@ -69,6 +69,11 @@ class DatasetSource:
     valid_tokens: int
     bin_bytes: int
 
+    def samples_per_epoch(self, seq_len: int) -> int:
+        """Samples of one epoch of the training split (megatron's formula: the last label is the
+        token after a sample, so one token is never an input)."""
+        return (self.train_tokens - 1) // seq_len
+
     @property
     def fingerprint(self) -> dict:
         """Identifies this version of the data (goes into megatron's index cache key)."""
