@@ -17,8 +17,6 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import yaml
-
 from snowtrain.config import ConfigError
 
 from ..comm import local_size
@@ -31,8 +29,8 @@ from ..sources.errors import resolve_inputs
 from ..store import load_pickle, write_pickle, write_text
 from ..tokenizer import Tokenizer, copy_tokenizer, train_tokenizer
 from .config import UNSTAMPED_KEYS, Phase1Config, dump
+from .run import PipelineRun, changed_keys
 from .manifest import build_manifest, phase1_funnel, render_funnel
-from .run import PipelineRun
 
 # The config key behind a drop reason, for the error when nothing is kept.
 KEPT_KEYS = {"unknown_language": "sources[i].columns.lang", "other_language": "languages",
@@ -124,10 +122,9 @@ class Phase1(PipelineRun):
 
     def _check_work_dir(self, restart: bool) -> None:
         stamp = self.work / "config.yaml"
-        if not restart and stamp.exists():
-            old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(dump(self.cfg))
-            others = (set(old) | set(new)) - {"tokenizer", *UNSTAMPED_KEYS}
-            if old.get("tokenizer") != new.get("tokenizer") and all(old.get(k) == new.get(k) for k in others):
+        if not restart:
+            changed = changed_keys(stamp, dump(self.cfg)) - set(UNSTAMPED_KEYS)
+            if changed == {"tokenizer"}:
                 # only the tokenizer changed: what came before it (reading to grouping) stands
                 for name in ("tokenizer", "tok"):
                     shutil.rmtree(self.work / name, ignore_errors=True)
@@ -282,6 +279,9 @@ class Phase1(PipelineRun):
 
     def _train_tokenizer(self, model: Path) -> None:
         tcfg = self.cfg.tokenizer
+        if not tcfg.sample_mb > 0:
+            raise ConfigError(f"must be positive, got {tcfg.sample_mb}", file=self.config_file,
+                              key="tokenizer.sample_mb", fix="train the tokenizer on e.g. 1000 MB of text")
         self.log(f"training a {tcfg.vocab_size}-piece tokenizer")
         total = sum(c["chars"] for b in range(self.cfg.buckets) for c in json.loads(
             self._bucket_path("group", b).with_suffix(".json").read_text()).values())
@@ -292,9 +292,6 @@ class Phase1(PipelineRun):
                 for d in load_pickle(self._bucket_path("group", b)):
                     if _stable_fraction(f"{tcfg.seed}\0{d.lang}\0{d.repo}\0{d.part}") < share:
                         yield d.text
-        if not tcfg.sample_mb > 0:
-            raise ConfigError(f"must be positive, got {tcfg.sample_mb}", file=self.config_file,
-                              key="tokenizer.sample_mb", fix="train the tokenizer on e.g. 1000 MB of text")
         try:
             train_tokenizer(sample(), model.parent, tcfg.vocab_size, seed=tcfg.seed, threads=tcfg.threads)
         except ValueError as e:

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from snowtrain.config import ConfigError, suggest
 
@@ -37,7 +36,7 @@ from ..synth.runner import RequestRunner
 from ..synth.seeds import Seed, draw_seed, file_spans, language_tokens, seed_counts
 from ..tokenize import DatasetEncoder
 from ..tokenizer import FILE_SEP, copy_tokenizer
-from .run import PipelineRun
+from .run import PipelineRun, changed_keys
 from .phase3_config import Phase3Config, generation_stamp, post_stamp
 from .manifest import render_funnel
 from .phase3_manifest import STAGES, build_manifest
@@ -147,14 +146,13 @@ class Phase3(PipelineRun):
         generation state goes and the new values are stamped, so that the corrected run is not
         refused. With a saved answer the stamp check refuses the change as before."""
         stamp, text = self.work / "config.yaml", generation_stamp(self.cfg)
-        if not stamp.exists() or stamp.read_text() == text:
+        changed = changed_keys(stamp, text)
+        if not changed:
             return
         if any(a["error"] is None for p in (self.work / "gen").glob("u*.jsonl") for a in _read_jsonl(p)):
             return
-        old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(text)
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         self.log(f"{self.work} holds no answer from the earlier run (every request failed): "
-                 f"starting its generation afresh with the new {', '.join(changed)}")
+                 f"starting its generation afresh with the new {', '.join(sorted(changed))}")
         for name in ("gen", "spans", "post"):
             shutil.rmtree(self.work / name, ignore_errors=True)
         for name in ("plan.json", "generated.json"):
@@ -171,12 +169,9 @@ class Phase3(PipelineRun):
         stopped (the increment split by the current language_shares); the checks after
         generation are redone over all of them. Fewer seeds is a ConfigError."""
         stamp, text, path = self.work / "config.yaml", generation_stamp(self.cfg), self.work / "plan.json"
-        if not stamp.exists() or stamp.read_text() == text or not path.exists():
-            return
-        old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(text)
-        changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
-        if not changed <= SIZE_KEYS:
-            return   # the stamp check names what else changed
+        changed = changed_keys(stamp, text)
+        if not changed or not path.exists() or not changed <= SIZE_KEYS:
+            return   # nothing changed, nothing planned yet, or the stamp check names what else did
         plan, want = Plan(**json.loads(path.read_text())), self._wanted_seeds()
         if want < plan.num_seeds:
             raise ConfigError(

@@ -134,8 +134,18 @@ class PipelineRun:
         self.comm.barrier()
 
 
-# The temporary names of store.py (.NAME.tmp.PID), indexed.py (NAME.bin.tmp.PID.TAG, .idx too)
-# and the plots (.NAME.tmp.png): what a writer killed before its rename leaves behind.
+def changed_keys(stamp: Path, text: str) -> set[str]:
+    """The top-level keys whose values differ between the run stamp at `stamp` and `text` (both
+    YAML); empty when there is no stamp yet or nothing differs."""
+    if not stamp.exists() or stamp.read_text() == text:
+        return set()
+    old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(text) or {}
+    return {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+
+
+# The temporary names of store.py and the plots (.NAME.tmp.PID; earlier versions' plots used
+# .NAME.tmp.png) and of indexed.py (NAME.bin.tmp.PID.TAG, .idx too): what a writer killed before
+# its rename leaves behind.
 _TEMP_NAME = re.compile(r"^\..+\.tmp\.(\d+|png)$|\.(bin|idx)\.tmp\.\d+\.[0-9a-f]+$")
 
 
