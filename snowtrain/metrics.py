@@ -150,13 +150,14 @@ def plot_loss(metrics_files, out_png: str | os.PathLike) -> Path:
     return save_figure(fig, out_png)
 
 
-def save_figure(fig, out_png: str | os.PathLike) -> Path:
-    """Writes a matplotlib figure atomically and closes it."""
+def save_figure(fig, out_png: str | os.PathLike, *, dpi: int = 120, bbox_inches: str | None = "tight") -> Path:
+    """Writes a matplotlib figure as a PNG atomically (under store.py's temporary name, which
+    data-prep cleans up after a kill) and closes it."""
     import matplotlib.pyplot as plt
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
     plt.close(fig)
     os.replace(tmp, out)
     return out

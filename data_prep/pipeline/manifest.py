@@ -108,6 +108,7 @@ def render_funnel(counts: dict[str, dict[str, int]], title: str, out_png: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from snowtrain.metrics import save_figure
     langs = list(counts)
     steps = list(next(iter(counts.values()), {}))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(langs) + 3), 4.5))
@@ -120,9 +121,4 @@ def render_funnel(counts: dict[str, dict[str, int]], title: str, out_png: str | 
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    out = Path(out_png)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out_png, dpi=110)

@@ -5,7 +5,6 @@ and optionally scores.png."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +118,7 @@ def render_scores(run, by_lang: dict, languages: dict, out_png) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from snowtrain.metrics import save_figure
     langs = list(by_lang)
     fig, axes = plt.subplots(1, len(langs), figsize=(3.6 * len(langs) + 1, 3.4), squeeze=False)
     for ax, lang in zip(axes[0], langs):
@@ -131,10 +131,5 @@ def render_scores(run, by_lang: dict, languages: dict, out_png) -> Path:
         ax.set_title(f"{lang}: {s['files']['kept']}/{s['files']['in']} files kept", fontsize=9)
         ax.set_xlabel("annotator score")
     axes[0][0].set_ylabel("files")
-    out = Path(out_png)
-    tmp = out.with_name(f".{out.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out_png, dpi=110, bbox_inches=None)

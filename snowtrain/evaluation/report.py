@@ -156,7 +156,7 @@ def plot(records: list[dict], out_png) -> Path:
 
 def report_command(args) -> int:
     """0 done, 2 nothing to report or an unreadable summary."""
-    from .runner import write_atomic
+    from data_prep.store import write_text
     try:
         records = collect(args.paths)
     except ConfigError as e:
@@ -165,7 +165,7 @@ def report_command(args) -> int:
     text = table(records)
     print(text, end="")
     if args.out:
-        write_atomic(Path(args.out), text)
+        write_text(args.out, text)
     if args.plot:
         print(f"wrote {plot(records, args.plot)}")
     return 0

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from data_prep.store import write_text
 
 from .backends import DEFAULT_STOP, TOO_LONG, Completion
 from .execution import Limits, program, run_jobs, run_program
@@ -61,15 +62,6 @@ def sample_seed(seed: int, task_id: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{task_id}:{index}".encode()).digest()[:7], "big")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Log:
     """An append-only JSONL file keyed by (task_id, sample); the last line for a key wins. A torn
     last line (a crash mid-write) is dropped, and the file rewritten without it."""
@@ -91,7 +83,7 @@ class Log:
             records[key] = rec
             good.append(line)
         if len(good) != len(raw.splitlines()) or (raw and not raw.endswith(b"\n")):
-            write_atomic(self.path, "".join(ln.decode() + "\n" for ln in good))
+            write_text(self.path, "".join(ln.decode() + "\n" for ln in good))
         return records
 
     def append(self, record: dict) -> None:
@@ -119,7 +111,7 @@ def _check_run(out: Path, run: dict, results: Log, say) -> None:
             say(f"execution settings changed ({old.get('execution')} -> {run['execution']}): "
                 "running every completion again")
             results.clear()
-    write_atomic(path, json.dumps(run, indent=2) + "\n")
+    write_text(path, json.dumps(run, indent=2) + "\n")
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -259,7 +251,7 @@ def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], ou
                      "generate_s": round(generated_s, 2), "total_s": round(time.time() - start, 2)},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
