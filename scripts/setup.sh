@@ -51,4 +51,10 @@ if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import evalplus" 2>/dev/null; then
     log "installing EvalPlus for the evaluation tests (evalplus, without its dependencies)"
     "${PIP[@]}" install --no-deps "evalplus==0.3.1"
 fi
+# BigCodeBench's own checking code and sanitizer, the reference of tests/test_bigcodebench.py and
+# tests/test_sanitize.py; --no-deps for the same reason (it declares vllm, datasets, e2b, ...).
+if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import bigcodebench" 2>/dev/null; then
+    log "installing BigCodeBench for the evaluation tests (bigcodebench, without its dependencies)"
+    "${PIP[@]}" install --no-deps "bigcodebench==0.2.5"
+fi
 log "ready: $("$PY" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")')"
