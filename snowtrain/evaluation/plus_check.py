@@ -25,7 +25,7 @@ def plus_program(problem, completion: str, which: str, limits: Limits) -> str:
     """The program that checks `completion` on the task's `which` ("base" or "plus") inputs."""
     task = problem.evalplus
     data = {"label": which, "dataset": task.dataset, "entry_point": problem.entry_point,
-            "reference": task.reference, "candidate": candidate_code(problem.prompt, completion),
+            "reference": task.reference, "candidate": candidate_code(problem.prompt, completion, problem.entry_point),
             "inputs": task.base_inputs if which == "base" else task.plus_inputs,
             "atol": task.atol, "reference_limit_s": limits.timeout_s,
             "memory_bytes": int(limits.memory_gib * 2**30)}

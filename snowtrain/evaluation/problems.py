@@ -6,8 +6,9 @@
 
 The model continues `prompt`; the program run is prompt + completion + test + check(entry_point).
 canonical_solution is optional (tests use it). EvalPlus's own files (HumanEval+, MBPP+: objects with
-`base_input` and `plus_input`) are read too, as plus.py describes. Any line that breaks the format
-is an error naming the file and line: a benchmark must never silently shrink.
+`base_input` and `plus_input`) are read too, as plus.py describes, and BigCodeBench's (objects with
+`complete_prompt` and `code_prompt`), as bigcodebench.py does. One file holds one kind. Any line
+that breaks the format is an error naming the file and line: a benchmark must never silently shrink.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bigcodebench import BcbTask, is_bcb_object, parse_bcb_object
 from .plus import PlusTask, dataset_of, is_plus_object, parse_plus_object
 
 REQUIRED = ("task_id", "prompt", "test", "entry_point")
@@ -35,6 +37,11 @@ class Problem:
     entry_point: str
     canonical_solution: str | None = None
     evalplus: PlusTask | None = None  # an EvalPlus task: `test` is empty, these are its tests
+    bigcodebench: BcbTask | None = None  # a BigCodeBench task: `test` is its unittest class
+
+    @property
+    def kind(self) -> str:
+        return "evalplus" if self.evalplus else "bigcodebench" if self.bigcodebench else "humaneval"
 
 
 def humaneval_file() -> Path:
@@ -81,14 +88,23 @@ def load_problems(path: str | Path) -> list[Problem]:
             raise ProblemError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if isinstance(obj.get("task_id"), int) and not isinstance(obj["task_id"], bool):
             obj["task_id"] = str(obj["task_id"])
+        kind = _KINDS[is_plus_object(obj), is_bcb_object(obj)]
+        if kind == "mixed":
+            raise ProblemError(f"{where}: the fields of an EvalPlus task (base_input, plus_input) and of a "
+                               "BigCodeBench task (complete_prompt, code_prompt) on one line")
         if first is None:
-            first = (lineno, is_plus_object(obj), obj.get("task_id"))
-        if first[1]:  # an EvalPlus file: every line is an EvalPlus task of one dataset
+            first = (lineno, kind, obj.get("task_id"))
+        if kind == "humaneval" and first[1] != "humaneval":
+            kind = first[1]  # a line of an EvalPlus or BigCodeBench file that lost its fields
+        if kind != first[1]:
+            raise ProblemError(f"{where}: {_ONE[kind]} in a file of {_FILE_OF[first[1]]} "
+                               f"(line {first[0]} is one): one file holds one kind of problem")
+        if kind == "evalplus":  # every line is an EvalPlus task of one dataset
             problems.append(_plus_problem(obj, where, first, seen, lineno))
             continue
-        if is_plus_object(obj):
-            raise ProblemError(f"{where}: an EvalPlus task (base_input, plus_input) in a file of "
-                               f"HumanEval-format problems (line {first[0]} is one)")
+        if kind == "bigcodebench":
+            problems.append(_bcb_problem(obj, where, seen, lineno))
+            continue
         missing = [k for k in REQUIRED if k not in obj]
         if missing:
             raise ProblemError(f"{where}: missing {', '.join(missing)} (a problem needs "
@@ -98,9 +114,7 @@ def load_problems(path: str | Path) -> list[Problem]:
                 raise ProblemError(f"{where}: '{k}' must be a string, got {type(obj[k]).__name__}")
         if not obj["entry_point"].isidentifier():
             raise ProblemError(f"{where}: entry_point {obj['entry_point']!r} is not a Python name")
-        if obj["task_id"] in seen:
-            raise ProblemError(f"{where}: task_id {obj['task_id']!r} already on line {seen[obj['task_id']]}")
-        seen[obj["task_id"]] = lineno
+        _unique(obj["task_id"], where, seen, lineno)
         problems.append(Problem(obj["task_id"], obj["prompt"], obj["test"], obj["entry_point"],
                                 obj.get("canonical_solution")))
     if not problems:
@@ -108,14 +122,32 @@ def load_problems(path: str | Path) -> list[Problem]:
     return problems
 
 
+_KINDS = {(False, False): "humaneval", (True, False): "evalplus", (False, True): "bigcodebench",
+          (True, True): "mixed"}
+_ONE = {"humaneval": "a HumanEval-format problem", "evalplus": "an EvalPlus task (base_input, plus_input)",
+        "bigcodebench": "a BigCodeBench task (complete_prompt, code_prompt)"}
+_FILE_OF = {"humaneval": "HumanEval-format problems", "evalplus": "EvalPlus tasks",
+            "bigcodebench": "BigCodeBench tasks"}
+
+
+def _unique(task_id: str, where: str, seen: dict, lineno: int) -> None:
+    if task_id in seen:
+        raise ProblemError(f"{where}: task_id {task_id!r} already on line {seen[task_id]}")
+    seen[task_id] = lineno
+
+
+def _bcb_problem(obj: dict, where: str, seen: dict, lineno: int) -> Problem:
+    prompt, test, entry_point, canonical, task = parse_bcb_object(obj, where, ProblemError)
+    _unique(obj["task_id"], where, seen, lineno)
+    return Problem(obj["task_id"], prompt, test, entry_point, canonical, bigcodebench=task)
+
+
 def _plus_problem(obj: dict, where: str, first: tuple, seen: dict, lineno: int) -> Problem:
     prompt, entry_point, canonical, task = parse_plus_object(obj, where, ProblemError)
     if task.dataset != dataset_of(str(first[2])):
         raise ProblemError(f"{where}: {obj['task_id']!r} is not a task of the same EvalPlus dataset "
                            f"as line {first[0]}'s {first[2]!r}")
-    if obj["task_id"] in seen:
-        raise ProblemError(f"{where}: task_id {obj['task_id']!r} already on line {seen[obj['task_id']]}")
-    seen[obj["task_id"]] = lineno
+    _unique(obj["task_id"], where, seen, lineno)
     return Problem(obj["task_id"], prompt, "", entry_point, canonical, task)
 
 
@@ -137,5 +169,7 @@ def problems_digest(problems: list[Problem]) -> str:
         fields = [p.task_id, p.prompt, p.test, p.entry_point]
         if p.evalplus:  # its tests are data: inputs, atol, the canonical solution
             fields.append(p.evalplus.digest)
+        if p.bigcodebench:  # the code prompt of its calibration, the canonical solution
+            fields.append(p.bigcodebench.digest)
         h.update(json.dumps(fields).encode())
     return h.hexdigest()[:16]

@@ -7,10 +7,12 @@
 
 EvalPlus files (plus.py) get two verdicts per completion: `passed`/`result` (base and plus inputs,
 EvalPlus's "plus" score) and `base_passed`/`base_result` (base inputs only); the summary adds
-base_pass@k and its counts.
+base_pass@k and its counts. BigCodeBench files (bigcodebench.py) also run each task's canonical
+solution once (<out>/canonical.jsonl): the summary says how many pass in this environment.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 from data_prep.store import write_text
 
 from .backends import DEFAULT_STOP, TOO_LONG, Completion
+from .bigcodebench import check_bcb, check_canonical, missing_libraries
 from .execution import Limits, program, run_jobs, run_program
 from .plus_check import check_plus
 from .problems import Problem, problems_digest
@@ -95,7 +98,7 @@ class Log:
         self.path.unlink(missing_ok=True)
 
 
-def _check_run(out: Path, run: dict, results: Log, say) -> None:
+def _check_run(out: Path, run: dict, results: list[Log], say) -> None:
     path = out / "run.json"
     if path.exists():
         try:
@@ -110,7 +113,8 @@ def _check_run(out: Path, run: dict, results: Log, say) -> None:
         if old.get("execution") != run["execution"]:
             say(f"execution settings changed ({old.get('execution')} -> {run['execution']}): "
                 "running every completion again")
-            results.clear()
+            for log in results:
+                log.clear()
     write_text(path, json.dumps(run, indent=2) + "\n")
 
 
@@ -164,6 +168,8 @@ def _job(p: Problem, completion: str, limits: Limits):
     """A call that runs the completion's program(s) -> the verdicts of its results line."""
     if p.evalplus:
         return lambda: check_plus(p, completion, limits)
+    if p.bigcodebench:
+        return lambda: check_bcb(p, completion, limits)
 
     def run():
         passed, result = run_program(program(p.prompt, completion, p.test, p.entry_point), limits)
@@ -191,6 +197,12 @@ def _scores(results: dict, problems: list[Problem], samples: int, prefix: str = 
     }
 
 
+def _canonical_summary(canonical: dict, problems: list[Problem]) -> dict:
+    failed = [p.task_id for p in problems if not canonical[(p.task_id, 0)]["passed"]]
+    return {"canonical": {"passed": len(problems) - len(failed), "problems": len(problems), "failed": failed},
+            "missing_libraries": missing_libraries(problems)}
+
+
 def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], out: str | Path,
              gen: Generation = Generation(), limits: Limits = Limits(), limit: int | None = None,
              workers: int | None = None, problems_file: str | None = None, progress: bool = True,
@@ -203,7 +215,8 @@ def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], ou
            "problems_digest": problems_digest(problems), "model": model,
            "generation": {**asdict(gen), "stop": list(gen.stop)}, "execution": asdict(limits)}
     sample_log, result_log = Log(out / "samples.jsonl"), Log(out / "results.jsonl")
-    _check_run(out, run, result_log, say)
+    canonical_log = Log(out / "canonical.jsonl")
+    _check_run(out, run, [result_log, canonical_log], say)
     problems = problems[:limit] if limit else problems
     keys = [(p, i) for p in problems for i in range(gen.samples)]
 
@@ -230,13 +243,17 @@ def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], ou
             result_log.append(rec)
             results[(p.task_id, i)] = rec
         else:
-            runnable.append((p, i, _job(p, s["completion"], limits)))
+            runnable.append((result_log, results, p, i, _job(p, s["completion"], limits)))
+    canonical = canonical_log.load()
+    for p in problems:  # does this environment pass the task's own solution?
+        if p.bigcodebench and (p.task_id, 0) not in canonical:
+            runnable.append((canonical_log, canonical, p, 0, functools.partial(check_canonical, p, limits)))
     with _bar(len(runnable), f"{benchmark}: execute", progress) as bar:
-        for j, verdicts in run_jobs([r[2] for r in runnable], workers):
-            p, i, _ = runnable[j]
+        for j, verdicts in run_jobs([r[4] for r in runnable], workers):
+            log, done, p, i, _ = runnable[j]
             rec = {"task_id": p.task_id, "sample": i, **verdicts}
-            result_log.append(rec)
-            results[(p.task_id, i)] = rec
+            log.append(rec)
+            done[(p.task_id, i)] = rec
             bar.update()
 
     plus = any(p.evalplus for p in problems)
@@ -245,6 +262,7 @@ def evaluate(backend, *, model: str, benchmark: str, problems: list[Problem], ou
         "problems": len(problems), "samples_per_problem": gen.samples,
         **_scores(results, problems, gen.samples),
         **(_scores(results, problems, gen.samples, "base_") if plus else {}),
+        **(_canonical_summary(canonical, problems) if any(p.bigcodebench for p in problems) else {}),
         "prompts_too_long": sum(samples[(p.task_id, i)]["finish_reason"] == TOO_LONG for p, i in keys),
         "generation": run["generation"], "execution": run["execution"],
         "this_run": {"generated": len(todo), "executed": len(pending),
@@ -269,6 +287,12 @@ def summary_line(s: dict) -> str:
         line += f", base {scores}"
         if s["samples_per_problem"] == 1:
             line += f" ({s['base_samples_passed']}/{s['problems']})"
+    canonical = s.get("canonical")
+    if canonical and canonical["passed"] < canonical["problems"]:
+        line += (f"; the canonical solution fails here on {canonical['problems'] - canonical['passed']} "
+                 f"of {canonical['problems']} tasks")
+        if s.get("missing_libraries"):
+            line += f" (missing: {', '.join(s['missing_libraries'])})"
     if s["prompts_too_long"]:
         line += f"; {s['prompts_too_long']} prompt(s) longer than the model's context, counted as failed"
     return line
