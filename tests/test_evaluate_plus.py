@@ -1,9 +1,10 @@
 """`snowtrain eval` on EvalPlus's own files (HumanEval+, MBPP+) against EvalPlus itself: for right,
 wrong-on-plus-only, wrong, raising, looping and nearly-right float completions of HumanEval and
 MBPP-style tasks (tuple inputs, set equality, not-None outputs, floats, find_zero, surface_Area),
-our base and plus verdicts equal evalplus.eval.untrusted_check's on the same solution (sanitized by EvalPlus's own sanitizer), inputs and
-expected outputs (evalplus.gen.util.trusted_exec); our MBPP input fix-ups equal EvalPlus's; the
-runner's summary, the command line end to end with a tiny model, resume, and file:line errors."""
+our base and plus verdicts equal evalplus.eval.untrusted_check's on the same solution (sanitized by
+EvalPlus's own sanitizer), inputs and expected outputs (evalplus.gen.util.trusted_exec); our MBPP
+input fix-ups equal EvalPlus's; the runner's summary, the command line end to end with a tiny
+model, resume, and file:line errors."""
 from __future__ import annotations
 
 import ast

@@ -182,6 +182,16 @@ def _last_line(text):
     return (lines[-1] if lines else "error")[:200]
 
 
+def _exception_line(trace):
+    """The `Error: message` line of a traceback (an assertion's diff may follow it)."""
+    lines = str(trace).splitlines()
+    frames = [i for i, ln in enumerate(lines) if ln.startswith("  File ")]
+    for ln in lines[frames[-1] + 1 if frames else 0:]:
+        if ln.strip() and not ln.startswith(" "):
+            return ln.strip()[:200]
+    return _last_line(trace)
+
+
 def _check(d):
     import builtins
     import types
@@ -222,4 +232,4 @@ def _check(d):
         test, trace = issues[0]
         name = test.id().split(".")[-1]
         more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
-        failed(f"{name}: {_last_line(trace)}{more}")
+        failed(f"{name}: {_exception_line(trace)}{more}")

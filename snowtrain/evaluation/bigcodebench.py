@@ -33,7 +33,7 @@ MAX_NEW_TOKENS = 1280                   # run_codegen's default
 TIMEOUT_S = 240.0                       # eval/utils.py TIMEOUT_LIMIT: the test suite's limit (+1 s)
 MEMORY_GIB = 30.0                       # evaluate()'s max_as_limit and max_data_limit (30 * 1024 MiB)
 STACK_MIB = 10                          # evaluate()'s max_stack_limit
-STARTUP_S = 30.0                        # the process's wall clock beyond the suite's limit
+STARTUP_S = 5.0                         # the process's wall clock beyond the suite's limit
 
 
 @dataclass(frozen=True)
