@@ -86,6 +86,9 @@ snowtrain train --config "$RECIPE" --phase phase3 --max-steps 2 --set "phases.ph
     --set "checkpoint.dir=$OUT/from-hf/checkpoints" --set "logging.dir=$OUT/from-hf/logs" --set profile.enabled=false
 echo "== eval: HumanEval pass@1 (greedy) on its first 20 problems (a toy model scores 0)"
 snowtrain eval "$OUT/hf" --benchmark humaneval --limit 20 --max-new-tokens 64 --out "$OUT/eval/phase3" --quiet
+echo "== eval: BigCodeBench's format (calibrated, sanitized, unittest classes, canonical solutions checked)"
+snowtrain eval "$OUT/hf" --problems "$ROOT/snowtrain/evaluation/smoke/BigCodeBench-format-smoke.jsonl" \
+    --max-new-tokens 64 --out "$OUT/eval/phase3-bigcodebench-format" --quiet
 echo "== eval: the phase-2 checkpoint too, and the report of both beside the paper's numbers"
 snowtrain eval "$P2" --benchmark humaneval --limit 20 --max-new-tokens 64 --out "$OUT/eval/phase2" --quiet
 snowtrain eval-report "$OUT/eval" --out "$OUT/eval/report.md" --plot "$OUT/eval/report.png"

@@ -17,8 +17,9 @@
 #    --out wins. SNOWTRAIN_EVAL_CMD replaces `snowtrain eval`. Exits with its status (0 done, 2 a
 #    user error, 1 no checkpoint / a failed endpoint).
 #    SNOWTRAIN_EVAL_BENCHMARKS="humaneval HumanEvalPlus-v0.1.10.jsonl.gz MbppPlus-v0.2.0.jsonl.gz"
-#    runs one evaluation per entry (a built-in name, or a problems file, e.g. EvalPlus's), each into
-#    OUT/<its name>, one after the other; the worst exit status is the job's.
+#    runs one evaluation per entry (a built-in name, or a problems file: EvalPlus's,
+#    BigCodeBench's), each into OUT/<its name>, one after the other; the worst exit status is the
+#    job's.
 # 3. Writes <log root>/eval-report.md: `snowtrain eval-report` over every eval-<PHASE> folder so
 #    far (or OUT alone when SNOWTRAIN_EVAL_OUT is set), each phase beside the paper's scores.
 #
