@@ -117,3 +117,75 @@ def test_phase1_trains_on_the_scripts_and_counts_the_drops(tmp_path):
     for f in files:
         assert f.content.startswith("# %% [markdown]\n# ## Step") and "\n# %%\nimport math\n" in f.content
         assert '"cell_type"' not in f.content and PIXEL[:40] not in f.content
+
+
+def test_max_file_bytes_applies_to_the_script_and_old_stamps_resume(tmp_path):
+    """A notebook whose JSON (an image output) is over max_file_bytes is read up to
+    max_notebook_bytes and kept when its script fits; one whose script does not fit, or whose JSON
+    is over max_notebook_bytes, is a too_large drop; with notebooks: raw the JSON must fit. A work
+    folder stamped before max_notebook_bytes existed resumes."""
+    from data_prep.pipeline.config import load_phase1_config
+    from data_prep.pipeline.phase1 import Phase1
+    from snowtrain.config import ConfigError
+    repo = tmp_path / "src" / "org" / "plots"
+    repo.mkdir(parents=True)
+    image = [("code", "import math\n\ndef area(r):\n    return math.pi * r * r\n\narea(2)")]
+    for i in range(5):
+        (repo / f"small{i}.ipynb").write_text(make_notebook(
+            [("markdown", f"# Part {i}"), ("code", f"def part_{i}(x):\n    return x * {i + 1}\n\npart_{i}(3)")]))
+        (repo / f"mod{i}.py").write_text(f"def twice_{i}(x):\n    return {i} * x + x\n\nprint(twice_{i}(3))\n")
+    (repo / "image.ipynb").write_text(make_notebook(image).replace(PIXEL * 40, PIXEL * 400))
+    long_code = "\n".join(f"value_{j} = {j} * {j}" for j in range(900))
+    (repo / "long.ipynb").write_text(make_notebook([("code", long_code)]))
+    (repo / "huge.ipynb").write_text(make_notebook(image).replace(PIXEL * 40, PIXEL * 4000))
+    sizes = {p.name: p.stat().st_size for p in repo.glob("*.ipynb")}
+    assert sizes["image.ipynb"] > 16384 > sizes["small0.ipynb"] and sizes["huge.ipynb"] > 200_000
+    assert 16384 < len(long_code) < sizes["long.ipynb"] < 200_000
+    base = {"output": str(tmp_path / "out"), "sources": [{"type": "tree", "paths": [str(tmp_path / "src")]}],
+            "max_file_bytes": 16384, "max_notebook_bytes": 200_000, "near_dedup": {"enabled": False},
+            "decontamination": {"enabled": False}, "tokenizer": {"vocab_size": 400}, "buckets": 2}
+
+    def run(name, **changes):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(json.dumps({**base, **changes}))
+        Phase1(load_phase1_config(cfg), progress=False, config_file=cfg).run()
+        return json.loads((Path(changes.get("output", base["output"])) / "manifest.json").read_text())
+
+    jup = run("script")["languages"]["jupyter"]
+    assert jup["filter"]["in"] == 7 and jup["filter"]["kept"] == 6          # small0-4 and image
+    assert jup["filter"]["dropped"] == {"too_large": 1}                     # long: its script
+    # the readers: notebooks up to max_notebook_bytes (notebooks: script), else up to max_file_bytes
+    from data_prep.sources import JsonlSource, ParquetSource, TreeSource
+    for notebook_bytes, dropped in ((None, 3), (200_000, 1)):       # raw: image, long, huge; script: huge
+        tree = TreeSource([tmp_path / "src"], max_file_bytes=16384, max_notebook_bytes=notebook_bytes)
+        names = sorted(r.path for u in tree.units() for r in tree.iter_unit(u) if r.lang == "jupyter")
+        assert len(names) == 8 - dropped and tree.dropped["too_large"] == dropped, (names, tree.dropped)
+        rows = [{"content": (repo / n).read_text(), "lang": "Jupyter Notebook", "path": n} for n in sizes]
+        rows.append({"content": "x = 1\n" * 5000, "lang": "Python", "path": "big.py"})  # never a notebook
+        lines = tmp_path / "rows.jsonl"
+        lines.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        pq = pytest.importorskip("pyarrow.parquet")
+        import pyarrow as pa
+        pq.write_table(pa.table({k: [r[k] for r in rows] for k in ("content", "lang", "path")}),
+                       tmp_path / "rows.parquet")
+        for src in (JsonlSource([lines], fields={"content": "content", "lang": "lang", "path": "path"},
+                                max_file_bytes=16384, max_notebook_bytes=notebook_bytes),
+                    ParquetSource([tmp_path / "rows.parquet"], columns={"content": "content", "lang": "lang",
+                                                                        "path": "path"},
+                                  max_file_bytes=16384, max_notebook_bytes=notebook_bytes)):
+            kept = [r.lang for r in src]
+            assert kept.count("jupyter") == 8 - dropped and "python" not in kept, (type(src), kept)
+            assert src.dropped["too_large"] == dropped + 1, (type(src), src.dropped)
+    # a work folder stamped before max_notebook_bytes existed reads as holding its default: it
+    # resumes with the default, and another value is a change like any other
+    stamp = tmp_path / "out" / ".work" / "config.yaml"
+    stamp.write_text("".join(line for line in stamp.read_text().splitlines(keepends=True)
+                             if not line.startswith("max_notebook_bytes:")))
+    with pytest.raises(ConfigError, match=r"max_notebook_bytes: 33554432 -> 200000"):
+        run("script")
+    resumed = run("default", max_notebook_bytes=32 << 20)  # resumed: what was read stands
+    assert resumed["languages"]["jupyter"]["filter"] == jup["filter"]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(json.dumps({**base, "max_notebook_bytes": 0}))
+    with pytest.raises(Exception, match="max_notebook_bytes"):
+        load_phase1_config(cfg)

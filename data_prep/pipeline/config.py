@@ -73,6 +73,9 @@ class Phase1Config:
     # filters (code cells, markdown as comments, no outputs; data_prep/notebooks.py); "raw"
     # keeps the JSON.
     notebooks: str = "script"
+    # With notebooks: script, max_file_bytes applies to the script; the notebook's JSON (images
+    # and outputs included) is read up to this size. Our choice.
+    max_notebook_bytes: int = 32 << 20
     filters: dict = field(default_factory=dict)
     exact_dedup: DedupStageConfig = field(default_factory=DedupStageConfig)
     near_dedup: DedupStageConfig = field(default_factory=DedupStageConfig)
@@ -89,6 +92,10 @@ class Phase1Config:
 
 # Keys that cannot change the outputs: a run may change them and resume from its work folder.
 UNSTAMPED_KEYS = ("workers", "funnel_png")
+# Keys added after runs were made, with their defaults: an older run's stamp without one reads as
+# holding the default, so an upgrade does not refuse to resume a long run (the units it had
+# already read keep the rule they were read with).
+ADDED_KEYS = {"max_notebook_bytes": Phase1Config.max_notebook_bytes}
 
 
 def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config:
@@ -104,6 +111,11 @@ def load_phase1_config(path, overrides: list[str] | None = None) -> Phase1Config
         if not 0 < s.sample_fraction <= 1:
             raise ConfigError(f"sample_fraction must be in (0, 1], got {s.sample_fraction}",
                               file=path, key=f"sources[{i}].sample_fraction", fix="use e.g. 0.1")
+    for key in ("max_file_bytes", "max_notebook_bytes"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"must be a whole number of bytes >= 1, got {value!r}", file=path, key=key,
+                              fix=f"e.g. {key}: {getattr(Phase1Config, key)}")
     if cfg.notebooks not in ("script", "raw"):
         raise ConfigError(f"must be script or raw, got {cfg.notebooks!r}", file=path, key="notebooks",
                           fix="notebooks: script (code and markdown as a script) or raw (the JSON)")

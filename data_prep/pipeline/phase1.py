@@ -26,9 +26,10 @@ from ..tokenize import DatasetEncoder
 from ..records import Record
 from ..sources import JsonlSource, ParquetSource, TreeSource, embedded_roots
 from ..sources.errors import resolve_inputs
+from ..sources.parquet import content_too_large
 from ..store import load_pickle, write_pickle, write_text
 from ..tokenizer import Tokenizer, copy_tokenizer, train_tokenizer
-from .config import UNSTAMPED_KEYS, Phase1Config, dump
+from .config import ADDED_KEYS, UNSTAMPED_KEYS, Phase1Config, dump
 from .run import PipelineRun, changed_keys
 from .manifest import build_manifest, phase1_funnel, render_funnel
 
@@ -53,13 +54,14 @@ def _stable_fraction(key: str) -> float:
 
 def _source(cfg: Phase1Config, i: int, files=None):
     s = cfg.sources[i]
+    notebook_bytes = cfg.max_notebook_bytes if cfg.notebooks == "script" else None
     if s.type in ("tree", "embedded"):
         roots = embedded_roots() if s.type == "embedded" else [Path(p) for p in s.paths]
         return TreeSource(roots, languages=cfg.languages, max_file_bytes=cfg.max_file_bytes,
-                          sample_fraction=s.sample_fraction)
+                          max_notebook_bytes=notebook_bytes, sample_fraction=s.sample_fraction)
     cls, key = (ParquetSource, "columns") if s.type == "parquet" else (JsonlSource, "fields")
     return cls(files or s.paths, **{key: s.columns}, languages=cfg.languages,
-               max_file_bytes=cfg.max_file_bytes)
+               max_file_bytes=cfg.max_file_bytes, max_notebook_bytes=notebook_bytes)
 
 
 def list_units(cfg: Phase1Config) -> list[tuple[int, object]]:
@@ -94,6 +96,8 @@ def _read_filter_unit(cfg: Phase1Config, index: int, source_index: int, unit, ou
                 script, reason = None, "notebook_unreadable"
             if script is not None:
                 rec.content = script
+                if content_too_large(script, cfg.max_file_bytes):
+                    reason = "too_large"
         reason = reason or chain.reason(rec)
         if reason is None:
             c["kept"] += 1
@@ -123,7 +127,7 @@ class Phase1(PipelineRun):
     def _check_work_dir(self, restart: bool) -> None:
         stamp = self.work / "config.yaml"
         if not restart:
-            changed = changed_keys(stamp, dump(self.cfg)) - set(UNSTAMPED_KEYS)
+            changed = changed_keys(stamp, dump(self.cfg), ADDED_KEYS) - set(UNSTAMPED_KEYS)
             if changed == {"tokenizer"}:
                 # only the tokenizer changed: what came before it (reading to grouping) stands
                 for name in ("tokenizer", "tok"):
@@ -134,7 +138,7 @@ class Phase1(PipelineRun):
                 if (self.out / "manifest.json").exists():
                     self.log(f"warning: {self.out} was finished; its tokenizer and datasets are "
                              "replaced, so redo the later phases and training built on them")
-        self.write_stamp(stamp, dump(self.cfg), restart, ignore=UNSTAMPED_KEYS)
+        self.write_stamp(stamp, dump(self.cfg), restart, ignore=UNSTAMPED_KEYS, added=ADDED_KEYS)
 
     # ------------------------------------------------------------------ stages
     def run(self) -> dict | None:

@@ -64,7 +64,7 @@ class PipelineRun:
     def _check_work_dir(self, restart: bool) -> None:
         raise NotImplementedError
 
-    def write_stamp(self, stamp: Path, text: str, restart: bool, *, ignore=(), clear=(),
+    def write_stamp(self, stamp: Path, text: str, restart: bool, *, ignore=(), clear=(), added=None,
                     discards: str = "the intermediate results") -> None:
         """Writes the run stamp `text` (YAML) to `stamp`; --restart first deletes the work folder
         and `clear`. An earlier stamp that differs is replaced while the work folder holds nothing
@@ -75,8 +75,8 @@ class PipelineRun:
                 if folder.exists():
                     shutil.rmtree(folder)
         elif stamp.exists() and stamp.read_text() != text and self._has_work(clear):
-            old, new = (_flat({k: v for k, v in (yaml.safe_load(t) or {}).items() if k not in ignore})
-                        for t in (stamp.read_text(), text))
+            old, new = (_flat({k: v for k, v in read_stamp(t, a).items() if k not in ignore})
+                        for t, a in ((stamp.read_text(), added), (text, None)))
             changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             if changed:
                 raise ConfigError(
@@ -134,12 +134,18 @@ class PipelineRun:
         self.comm.barrier()
 
 
-def changed_keys(stamp: Path, text: str) -> set[str]:
+def read_stamp(text: str, added: dict | None = None) -> dict:
+    """A run stamp (YAML); a key in `added` (keys newer than the stamp, with their defaults) that
+    the stamp lacks reads as its default, since the run that wrote it behaved so."""
+    return {**(added or {}), **(yaml.safe_load(text) or {})}
+
+
+def changed_keys(stamp: Path, text: str, added: dict | None = None) -> set[str]:
     """The top-level keys whose values differ between the run stamp at `stamp` and `text` (both
     YAML); empty when there is no stamp yet or nothing differs."""
     if not stamp.exists() or stamp.read_text() == text:
         return set()
-    old, new = yaml.safe_load(stamp.read_text()) or {}, yaml.safe_load(text) or {}
+    old, new = read_stamp(stamp.read_text(), added), read_stamp(text)
     return {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
 
 

@@ -24,7 +24,7 @@ from typing import Iterator
 from ..records import Record
 from .errors import (MAPPING_KEYS, Problem, SourceError, check_languages, check_mapping,
                      resolve_inputs)
-from .parquet import MAX_PROBLEMS, as_licenses, as_stars, content_too_large, language_from
+from .parquet import MAX_PROBLEMS, as_licenses, as_stars, content_too_large, language_from, size_limit
 
 JSONL_FIELDS = {k: k for k in MAPPING_KEYS}
 
@@ -33,12 +33,12 @@ class JsonlSource:
     """Yields one Record per JSON object line of `.jsonl` / `.jsonl.gz` files."""
 
     def __init__(self, paths_or_globs, *, fields: dict | None = None, languages=None,
-                 max_file_bytes: int = 1 << 20):
+                 max_file_bytes: int = 1 << 20, max_notebook_bytes: int | None = None):
         self.fields = check_mapping(fields, JSONL_FIELDS, "fields")
         self.files = resolve_inputs(paths_or_globs, (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"),
                                     "JSONL")
         self.languages = check_languages(languages)
-        self.max_file_bytes = max_file_bytes
+        self.max_file_bytes, self.max_notebook_bytes = max_file_bytes, max_notebook_bytes
         self.dropped: Counter = Counter()
         self.read = 0
         self.yielded = 0
@@ -101,7 +101,7 @@ class JsonlSource:
                 if not text.strip():
                     self._drop("empty", path, lineno)
                     continue
-                if content_too_large(text, self.max_file_bytes):
+                if content_too_large(text, size_limit(lang, self.max_file_bytes, self.max_notebook_bytes)):
                     self._drop("too_large", path, lineno)
                     continue
                 try:

@@ -64,6 +64,12 @@ def language_from(lang, ext, path) -> str | None:
     return found
 
 
+def size_limit(lang: str, max_file_bytes: int, max_notebook_bytes: int | None) -> int:
+    """The largest content read for a file of `lang`: notebooks that become scripts are read up to
+    `max_notebook_bytes` (their JSON carries outputs and images), max_file_bytes applies to the script."""
+    return max_notebook_bytes if lang == "jupyter" and max_notebook_bytes else max_file_bytes
+
+
 def content_too_large(text: str, max_bytes: int) -> bool:
     n = len(text)
     if n > max_bytes:                 # every character is at least one byte
@@ -92,11 +98,12 @@ class ParquetSource:
     """Yields one Record per row of parquet shards (The Stack v1 layout by default)."""
 
     def __init__(self, paths_or_globs, *, columns: dict | None = None, languages=None,
-                 max_file_bytes: int = 1 << 20, batch_size: int = 512):
+                 max_file_bytes: int = 1 << 20, max_notebook_bytes: int | None = None,
+                 batch_size: int = 512):
         self.columns = check_mapping(columns, STACK_V1_COLUMNS, "columns")
         self.files = resolve_inputs(paths_or_globs, (".parquet", ".parq"), "parquet")
         self.languages = check_languages(languages)
-        self.max_file_bytes = max_file_bytes
+        self.max_file_bytes, self.max_notebook_bytes = max_file_bytes, max_notebook_bytes
         self.batch_size = batch_size
         self.dropped: Counter = Counter()
         self.read = 0
@@ -194,7 +201,7 @@ class ParquetSource:
                     if data is None or not data.strip():
                         self._drop("empty", path, row)
                         continue
-                    if len(data) > self.max_file_bytes:
+                    if len(data) > size_limit(lang, self.max_file_bytes, self.max_notebook_bytes):
                         self._drop("too_large", path, row, f"{len(data)} bytes")
                         continue
                     try:

@@ -15,6 +15,7 @@ from typing import Iterator
 
 from ..records import Record, language_of
 from .errors import MissingSourceError, check_languages
+from .parquet import size_limit
 
 SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", "node_modules", "site-packages", "dist-packages"}
 
@@ -45,14 +46,15 @@ class TreeSource:
     """
 
     def __init__(self, roots, *, languages=None, max_file_bytes: int = 1 << 20,
-                 sample_fraction: float = 1.0, max_total_bytes: int | None = None):
+                 max_notebook_bytes: int | None = None, sample_fraction: float = 1.0,
+                 max_total_bytes: int | None = None):
         self.roots = [Path(r) for r in roots]
         for r in self.roots:
             if not r.is_dir():
                 raise MissingSourceError(f"source folder {r} does not exist; give a folder whose "
                                          "top-level subfolders are repositories")
         self.languages = check_languages(languages)
-        self.max_file_bytes = max_file_bytes
+        self.max_file_bytes, self.max_notebook_bytes = max_file_bytes, max_notebook_bytes
         self.sample_fraction = sample_fraction
         self.max_total_bytes = max_total_bytes
         self.dropped: Counter = Counter()
@@ -92,7 +94,7 @@ class TreeSource:
             self.read += 1
             try:
                 size = path.stat().st_size
-                if size > self.max_file_bytes:
+                if size > size_limit(lang, self.max_file_bytes, self.max_notebook_bytes):
                     self.dropped["too_large"] += 1
                     continue
                 data = path.read_bytes()
