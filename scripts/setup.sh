@@ -57,4 +57,10 @@ if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import bigcodebench" 2>/dev/null; t
     log "installing BigCodeBench for the evaluation tests (bigcodebench, without its dependencies)"
     "${PIP[@]}" install --no-deps "bigcodebench==0.2.5"
 fi
+# EvoEval's checking code, the reference of tests/test_evoeval.py (its own checker imports
+# EvalPlus's, installed above); --no-deps likewise.
+if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import evoeval" 2>/dev/null; then
+    log "installing EvoEval for the evaluation tests (evoeval, without its dependencies)"
+    "${PIP[@]}" install --no-deps "evoeval==0.1.0"
+fi
 log "ready: $("$PY" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")')"

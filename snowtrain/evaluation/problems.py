@@ -6,8 +6,9 @@
 
 The model continues `prompt`; the program run is prompt + completion + test + check(entry_point).
 canonical_solution is optional (tests use it). EvalPlus's own files (HumanEval+, MBPP+: objects with
-`base_input` and `plus_input`) are read too, as plus.py describes, and BigCodeBench's (objects with
-`complete_prompt` and `code_prompt`), as bigcodebench.py does. One file holds one kind. Any line
+`base_input` and `plus_input`) are read too, as plus.py describes, BigCodeBench's (objects with
+`complete_prompt` and `code_prompt`), as bigcodebench.py does, and EvoEval's (objects with `inputs`),
+as evoeval.py does. One file holds one kind. Any line
 that breaks the format is an error naming the file and line: a benchmark must never silently shrink.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bigcodebench import BcbTask, is_bcb_object, parse_bcb_object
+from .evoeval import EvoTask, is_evo_object, parse_evo_object
 from .plus import PlusTask, dataset_of, is_plus_object, parse_plus_object
 
 REQUIRED = ("task_id", "prompt", "test", "entry_point")
@@ -38,10 +40,11 @@ class Problem:
     canonical_solution: str | None = None
     evalplus: PlusTask | None = None  # an EvalPlus task: `test` is empty, these are its tests
     bigcodebench: BcbTask | None = None  # a BigCodeBench task: `test` is its unittest class
+    evoeval: EvoTask | None = None    # an EvoEval task: `test` is empty, its inputs are its tests
 
     @property
     def kind(self) -> str:
-        return "evalplus" if self.evalplus else "bigcodebench" if self.bigcodebench else "humaneval"
+        return next((k for k in ("evalplus", "bigcodebench", "evoeval") if getattr(self, k)), "humaneval")
 
 
 def humaneval_file() -> Path:
@@ -88,10 +91,10 @@ def load_problems(path: str | Path) -> list[Problem]:
             raise ProblemError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if isinstance(obj.get("task_id"), int) and not isinstance(obj["task_id"], bool):
             obj["task_id"] = str(obj["task_id"])
-        kind = _KINDS[is_plus_object(obj), is_bcb_object(obj)]
-        if kind == "mixed":
-            raise ProblemError(f"{where}: the fields of an EvalPlus task (base_input, plus_input) and of a "
-                               "BigCodeBench task (complete_prompt, code_prompt) on one line")
+        kinds = [k for k, test in _DETECT if test(obj)]
+        if len(kinds) > 1:
+            raise ProblemError(f"{where}: the fields of {' and of '.join(_ONE[k] for k in kinds)} on one line")
+        kind = kinds[0] if kinds else "humaneval"
         if first is None:
             first = (lineno, kind, obj.get("task_id"))
         if kind == "humaneval" and first[1] != "humaneval":
@@ -104,6 +107,11 @@ def load_problems(path: str | Path) -> list[Problem]:
             continue
         if kind == "bigcodebench":
             problems.append(_bcb_problem(obj, where, seen, lineno))
+            continue
+        if kind == "evoeval":
+            prompt, entry_point, canonical, task = parse_evo_object(obj, where, ProblemError, benchmark_name(path))
+            _unique(obj["task_id"], where, seen, lineno)
+            problems.append(Problem(obj["task_id"], prompt, "", entry_point, canonical, evoeval=task))
             continue
         missing = [k for k in REQUIRED if k not in obj]
         if missing:
@@ -122,12 +130,12 @@ def load_problems(path: str | Path) -> list[Problem]:
     return problems
 
 
-_KINDS = {(False, False): "humaneval", (True, False): "evalplus", (False, True): "bigcodebench",
-          (True, True): "mixed"}
+_DETECT = (("evalplus", is_plus_object), ("bigcodebench", is_bcb_object), ("evoeval", is_evo_object))
 _ONE = {"humaneval": "a HumanEval-format problem", "evalplus": "an EvalPlus task (base_input, plus_input)",
-        "bigcodebench": "a BigCodeBench task (complete_prompt, code_prompt)"}
+        "bigcodebench": "a BigCodeBench task (complete_prompt, code_prompt)",
+        "evoeval": "an EvoEval task (inputs)"}
 _FILE_OF = {"humaneval": "HumanEval-format problems", "evalplus": "EvalPlus tasks",
-            "bigcodebench": "BigCodeBench tasks"}
+            "bigcodebench": "BigCodeBench tasks", "evoeval": "EvoEval tasks"}
 
 
 def _unique(task_id: str, where: str, seen: dict, lineno: int) -> None:
@@ -171,5 +179,7 @@ def problems_digest(problems: list[Problem]) -> str:
             fields.append(p.evalplus.digest)
         if p.bigcodebench:  # the code prompt of its calibration, the canonical solution
             fields.append(p.bigcodebench.digest)
+        if p.evoeval:  # its inputs and canonical solution
+            fields.append(p.evoeval.digest)
         h.update(json.dumps(fields).encode())
     return h.hexdigest()[:16]

@@ -26,6 +26,7 @@ from data_prep.store import write_text
 
 from .backends import DEFAULT_STOP, TOO_LONG, Completion
 from .bigcodebench import check_bcb, check_canonical, missing_libraries
+from .evoeval import check_evo
 from .execution import Limits, program, run_jobs, run_program
 from .plus_check import check_plus
 from .problems import Problem, problems_digest
@@ -170,6 +171,8 @@ def _job(p: Problem, completion: str, limits: Limits):
         return lambda: check_plus(p, completion, limits)
     if p.bigcodebench:
         return lambda: check_bcb(p, completion, limits)
+    if p.evoeval:
+        return lambda: check_evo(p, completion, limits)
 
     def run():
         passed, result = run_program(program(p.prompt, completion, p.test, p.entry_point), limits)
