@@ -19,6 +19,9 @@ PAPER = {"HumanEval+": {1: 14.0, 2: 21.3, 3: 28.0}, "MBPP+": {1: 27.8, 2: 34.7, 
 # (HumanEvalPlus-Mini, EvoEval_difficult) are other benchmarks.
 _PAPER_NAME = {"humanevalplus": "HumanEval+", "mbppplus": "MBPP+", "evoeval": "EvoEval",
                "bigcodebench": "BigCodeBench"}
+# EvoEval's five semantic-altering benchmarks, whose mean is its summary score
+EVOEVAL_PARTS = ("difficult", "creative", "subtle", "combine", "tool_use")
+_EVOEVAL_PART = re.compile(r"^evoeval_(%s)(?:[-_]v?\d+(?:\.\d+)*)?$" % "|".join(EVOEVAL_PARTS), re.IGNORECASE)
 _PHASE = re.compile(r"(?:^|[/_-])phase([123])(?=$|[/_-])")
 
 
@@ -82,7 +85,31 @@ def collect(paths, say=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
     if not latest:
         raise ConfigError("no readable summary among " + ", ".join(map(str, broken)), file=None,
                           fix="rerun those evaluations (snowtrain eval writes OUT/summary.json last)")
-    return sorted(latest.values(), key=lambda r: (r["phase"] or 99, r["model"], r["benchmark"]))
+    records = list(latest.values()) + _evoeval_means(list(latest.values()))
+    return sorted(records, key=lambda r: (r["phase"] or 99, r["model"], r["benchmark"]))
+
+
+def _evoeval_means(records: list[dict]) -> list[dict]:
+    """An "EvoEval" record per model evaluated on all five EvoEval benchmarks: the mean of their
+    pass@1, the suite's own summary score (and our reading of the paper's EvoEval column)."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == model]
+        if any(paper_benchmark(r["benchmark"]) == "EvoEval" for r in mine):
+            continue  # an "EvoEval" file of its own was evaluated
+        parts = {}
+        for r in mine:
+            m = _EVOEVAL_PART.match(r["benchmark"])
+            if m:
+                parts[m.group(1).lower()] = r
+        if len(parts) == len(EVOEVAL_PARTS):
+            first = parts[EVOEVAL_PARTS[0]]
+            out.append({"model": model, "benchmark": "EvoEval", "phase": first["phase"], "base": None,
+                        "problems": sum(r["problems"] for r in parts.values()),
+                        "pass@1": sum(r["pass@1"] for r in parts.values()) / len(parts),
+                        "finished_at": max(r["finished_at"] for r in parts.values()),
+                        "file": "mean of " + ", ".join(r["benchmark"] for r in parts.values())})
+    return out
 
 
 def _label(model: str) -> str:
