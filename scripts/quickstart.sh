@@ -89,6 +89,9 @@ snowtrain eval "$OUT/hf" --benchmark humaneval --limit 20 --max-new-tokens 64 --
 echo "== eval: BigCodeBench's format (calibrated, sanitized, unittest classes, canonical solutions checked)"
 snowtrain eval "$OUT/hf" --problems "$ROOT/snowtrain/evaluation/smoke/BigCodeBench-format-smoke.jsonl" \
     --max-new-tokens 64 --out "$OUT/eval/phase3-bigcodebench-format" --quiet
+echo "== eval: EvoEval's format (inputs, expected outputs from the canonical solution, EvoEval's comparison)"
+snowtrain eval "$OUT/hf" --problems "$ROOT/snowtrain/evaluation/smoke/EvoEval-format-smoke.jsonl" \
+    --max-new-tokens 64 --out "$OUT/eval/phase3-evoeval-format" --quiet
 echo "== eval: the phase-2 checkpoint too, and the report of both beside the paper's numbers"
 snowtrain eval "$P2" --benchmark humaneval --limit 20 --max-new-tokens 64 --out "$OUT/eval/phase2" --quiet
 snowtrain eval-report "$OUT/eval" --out "$OUT/eval/report.md" --plot "$OUT/eval/report.png"
