@@ -1,19 +1,22 @@
 """The program that runs one BigCodeBench solution against its unittest class, with
 bigcodebench 0.2.5's rules (eval/__init__.py unsafe_execute, eval/utils.py safe_environment,
-reliability_guard, swallow_io, time_limit). bigcodebench.py copies this source into each program,
-followed by `_check(<data>)`; it is never imported.
+reliability_guard, swallow_io, time_limit). bigcodebench.py appends this source to
+_plus_harness.py's (for its output sink and `failed`), then `_check_bcb(<data>)`; it is never
+imported.
 
 It ends in one of three ways, read by execution.run_program: falling through to the program's
 epilogue (passed); writing why to stderr and exiting 1 (failed); or ending itself with SIGXCPU
 (reported "timed out") when the suite's time limit runs out outside a test.
 """
 import contextlib
-import io
 import os
 import signal
 import subprocess
 import sys
 import time
+
+if False:  # defined by _plus_harness.py, whose source comes first in the program
+    from ._plus_harness import _swallowed, failed
 
 
 class TimeoutException(Exception):  # BigCodeBench's, raised inside the running test
@@ -24,23 +27,10 @@ def _on_alarm(signum, frame):
     raise TimeoutException("Timed out!")
 
 
-class _Sink(io.StringIO):  # WriteOnlyStringIO: output vanishes, reading input fails
-    def read(self, *args, **kwargs):
-        raise IOError
-
-    readline = readlines = read
-
-    def readable(self, *args, **kwargs):
-        return False
-
-
-class _stdin(contextlib._RedirectStream):
-    _stream = "stdin"
-
-
 @contextlib.contextmanager
-def _swallowed():
-    """swallow_io: stdout, stderr and stdin redirected; subprocesses' output piped by default."""
+def _swallowed_bcb():
+    """swallow_io: stdout, stderr and stdin redirected (as EvalPlus's); subprocesses' output piped
+    by default."""
     popen, run = subprocess.Popen, subprocess.run
 
     def piped(kwargs):
@@ -52,11 +42,10 @@ def _swallowed():
             kwargs.setdefault("stderr", subprocess.PIPE)
         return kwargs
 
-    sink = _Sink()
     subprocess.Popen = lambda *a, **k: popen(*a, **piped(k))
     subprocess.run = lambda *a, **k: run(*a, **piped(k))
     try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _stdin(sink):
+        with _swallowed():
             yield
     finally:
         subprocess.Popen, subprocess.run = popen, run
@@ -192,16 +181,11 @@ def _exception_line(trace):
     return _last_line(trace)
 
 
-def _check(d):
+def _check_bcb(d):
     import builtins
     import types
     import unittest
-    write, exit_, kill, pid = os.write, os._exit, os.kill, os.getpid()
-
-    def failed(why):
-        write(2, f"\n{why}\n".encode("utf-8", "replace"))
-        exit_(1)
-
+    kill, pid = os.kill, os.getpid()
     _safe_environment()
     _reliability_guard(d["memory_mib"], d["stack_mib"])
     module = types.ModuleType("__test__")
@@ -209,7 +193,7 @@ def _check(d):
                             "__doc__": None, "sys": sys, "os": os, "environ": os.environ})
     issues = []
     try:
-        with _swallowed():
+        with _swallowed_bcb():
             exec(compile(d["code"] + "\n" + d["test"], "__test__.py", "exec"), module.__dict__)
             sys.modules["__test__"] = module
             suite = unittest.TestLoader().loadTestsFromTestCase(getattr(module, "TestCases"))

@@ -4,15 +4,13 @@ untrusted_check with evaluate's defaults: fast check, min_time_limit 1 s, gt_tim
 evoeval.py appends this source to _plus_harness.py's (whose guard, output swallowing and time-limit
 helpers EvoEval shares with EvalPlus), then `_check_evo(<data>)`; it is never imported.
 """
-import copy
 import math
-import os
 import signal
 import threading
-import time
 
 if False:  # defined by _plus_harness.py, whose source comes first in the program
-    from ._plus_harness import _TimeLimit, _describe, _guard, _on_alarm, _swallowed
+    from ._plus_harness import (_TimeLimit, _describe, _expected_outputs, _guard, _kill, _on_alarm, _pid,
+                                _swallowed, failed, timed_out)
 
 # ---- evoeval's special oracles (eval_test/_*_special_oracle.py), restated ----
 
@@ -144,18 +142,6 @@ def _evo_oracle(dataset, task_id, inp, out, exp):
 
 
 def _check_evo(d):
-    write, exit_, kill, pid = os.write, os._exit, os.kill, os.getpid()
-
-    def failed(why):
-        write(2, f"\n{why}\n".encode("utf-8", "replace"))
-        exit_(1)
-
-    def timed_out():
-        signal.signal(signal.SIGXCPU, signal.SIG_DFL)
-        kill(pid, signal.SIGXCPU)
-        time.sleep(5)
-        failed("timed out")
-
     __import__("numpy")  # evoeval's checker has it loaded before the guard
     dataset, task_id, entry_point = d["dataset"], d["task_id"], d["entry_point"]
     try:
@@ -164,29 +150,13 @@ def _check_evo(d):
         failed(f"an input of the problems file cannot be read: {_describe(e)}")
 
     # 1. Expected outputs: the canonical solution on a deep copy of each input, timed
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, d["reference_limit_s"])
-    try:
-        namespace = {}
-        exec(d["reference"], namespace)
-        reference = namespace[entry_point]
-        expected, ref_time = [], []
-        for inp in inputs:
-            inp = copy.deepcopy(inp)
-            start = time.time()
-            expected.append(reference(*inp))
-            ref_time.append(time.time() - start)
-    except _TimeLimit:
-        failed(f"the canonical solution did not finish in {d['reference_limit_s']:g} s (--timeout-s)")
-    except BaseException as e:
-        failed(f"the canonical solution raised {_describe(e)} (a broken problems file?)")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    expected, ref_time = _expected_outputs(d["reference"], entry_point, inputs, d["reference_limit_s"],
+                                           "inputs")
 
     # 2. evoeval's limits: each input max(1 s, 4 x the canonical's time), the whole check
     #    min(60 s, their sum) + 1 s
     time_limits = [max(1.0, 4.0 * t) for t in ref_time]
-    watchdog = threading.Timer(min(60, sum(time_limits)) + 1, kill, (pid, signal.SIGXCPU))
+    watchdog = threading.Timer(min(60, sum(time_limits)) + 1, _kill, (_pid, signal.SIGXCPU))
     watchdog.daemon = True
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     watchdog.start()

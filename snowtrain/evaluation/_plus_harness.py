@@ -115,31 +115,30 @@ def _guard(memory_bytes):
         sys.modules[name] = None
 
 
-def _check(d):
-    write, exit_, kill, pid = os.write, os._exit, os.kill, os.getpid()
-    where = f"{d['label']} input"
+# taken before the guard disables os.kill and the like
+_write, _exit, _kill, _pid = os.write, os._exit, os.kill, os.getpid()
 
-    def failed(why):
-        write(2, f"\n{why}\n".encode("utf-8", "replace"))
-        exit_(1)
 
-    def timed_out():
-        signal.signal(signal.SIGXCPU, signal.SIG_DFL)
-        kill(pid, signal.SIGXCPU)
-        time.sleep(5)  # the signal ends the process first
-        failed("timed out")
+def failed(why):
+    _write(2, f"\n{why}\n".encode("utf-8", "replace"))
+    _exit(1)
 
-    import pickle
-    inputs = pickle.loads(d["inputs"])
-    dataset, entry_point = d["dataset"], d["entry_point"]
 
-    # 1. Expected outputs: the canonical solution in its own namespace, on a deep copy of each
-    #    input, timed (EvalPlus's trusted_exec); only "is it not None" for the not-None tasks.
+def timed_out():
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    _kill(_pid, signal.SIGXCPU)
+    time.sleep(5)  # the signal ends the process first
+    failed("timed out")
+
+
+def _expected_outputs(code, entry_point, inputs, limit_s, which):
+    """The canonical solution in its own namespace, on a deep copy of each input, timed
+    (EvalPlus's trusted_exec) -> (outputs, seconds); `limit_s` (--timeout-s) for all of it."""
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, d["reference_limit_s"])
+    signal.setitimer(signal.ITIMER_REAL, limit_s)
     try:
         namespace = {}
-        exec(d["reference"], namespace)
+        exec(code, namespace)
         reference = namespace[entry_point]
         expected, ref_time = [], []
         for inp in inputs:
@@ -147,20 +146,31 @@ def _check(d):
             start = time.time()
             expected.append(reference(*inp))
             ref_time.append(time.time() - start)
+        return expected, ref_time
     except _TimeLimit:
-        failed(f"the canonical solution did not finish on the {d['label']} inputs in "
-               f"{d['reference_limit_s']:g} s (--timeout-s)")
+        failed(f"the canonical solution did not finish on the {which} in {limit_s:g} s (--timeout-s)")
     except BaseException as e:
         failed(f"the canonical solution raised {_describe(e)} (a broken problems file?)")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _check(d):
+    where = f"{d['label']} input"
+    import pickle
+    inputs = pickle.loads(d["inputs"])
+    dataset, entry_point = d["dataset"], d["entry_point"]
+
+    # 1. Expected outputs; only "is it not None" for the not-None tasks.
+    expected, ref_time = _expected_outputs(d["reference"], entry_point, inputs, d["reference_limit_s"],
+                                           f"{d['label']} inputs")
     if dataset == "mbpp" and entry_point in MBPP_OUTPUT_NOT_NONE_TASKS:
         expected = [out is not None for out in expected]
 
     # 2. EvalPlus's limits: each input max(1 s, 4 x the canonical's time); the whole check
     #    min(60 s, their sum) + 2 s, after which untrusted_check's parent gives up on the process.
     time_limits = [max(MIN_TIME_LIMIT, GT_TIME_LIMIT_FACTOR * t) for t in ref_time]
-    watchdog = threading.Timer(min(TIMEOUT_PER_TASK, sum(time_limits)) + 2, kill, (pid, signal.SIGXCPU))
+    watchdog = threading.Timer(min(TIMEOUT_PER_TASK, sum(time_limits)) + 2, _kill, (_pid, signal.SIGXCPU))
     watchdog.daemon = True
     atol = d["atol"]
     if atol != 0 or any(_is_floats(e) for e in expected):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .execution import Limits, run_program
 from .plus import STOP as PLUS_STOP
+from .plus_check import harness_source as plus_harness
 from .sanitize import sanitize
 
 FIELDS = ("task_id", "complete_prompt", "code_prompt", "canonical_solution", "test", "entry_point")
@@ -90,13 +91,13 @@ def solution(problem, completion: str) -> str:
 
 @lru_cache(maxsize=1)
 def _harness() -> str:
-    return Path(__file__).with_name("_bcb_harness.py").read_text(encoding="utf-8")
+    return plus_harness() + "\n" + Path(__file__).with_name("_bcb_harness.py").read_text(encoding="utf-8")
 
 
 def bcb_program(code: str, test: str, limits: Limits) -> str:
     data = {"code": code, "test": test, "suite_limit_s": limits.timeout_s + 1,
             "memory_mib": int(limits.memory_gib * 1024), "stack_mib": STACK_MIB}
-    return _harness() + f"\n_check({data!r})\n"
+    return _harness() + f"\n_check_bcb({data!r})\n"
 
 
 def process_limits(limits: Limits) -> Limits:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .execution import Limits, run_program
-from .plus_check import _harness as plus_harness
+from .plus_check import harness_source as plus_harness
 
 FIELDS = ("task_id", "prompt", "canonical_solution", "entry_point", "inputs")
 KINDS = ("difficult", "creative", "subtle", "combine", "tool_use")

@@ -17,7 +17,7 @@ BACKSTOP_S = 70.0
 
 
 @lru_cache(maxsize=1)
-def _harness() -> str:
+def harness_source() -> str:
     return Path(__file__).with_name("_plus_harness.py").read_text(encoding="utf-8")
 
 
@@ -29,7 +29,7 @@ def plus_program(problem, completion: str, which: str, limits: Limits) -> str:
             "inputs": task.base_inputs if which == "base" else task.plus_inputs,
             "atol": task.atol, "reference_limit_s": limits.timeout_s,
             "memory_bytes": int(limits.memory_gib * 2**30)}
-    return _harness() + f"\n_check({data!r})\n"
+    return harness_source() + f"\n_check({data!r})\n"
 
 
 def process_limits(limits: Limits) -> Limits:
