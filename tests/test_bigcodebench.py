@@ -64,6 +64,19 @@ TASKS = [
           ["snowtrain_no_such_lib"]),
 ]
 
+# BigCodeBench's environment: an empty working folder, no file-size limit, the evaluator's PATH
+# (python3), and the processes a program starts ended with it
+ENV_TASK = _task(5, "import os\nimport subprocess", "n", "Write n MiB to a file, start a background sleep and "
+          "return the folder's entries and what python3 prints.",
+          "    with open('big.bin', 'wb') as f:\n        f.write(b'x' * (n << 20))\n"
+          "    subprocess.Popen(['sleep', '61.5'])\n"
+          "    out = subprocess.run(['python3', '-c', 'import numpy; print(3)'], capture_output=True, text=True)\n"
+          "    return sorted(os.listdir('.')), out.stdout.strip()\n",
+          "    def test_it(self):\n        self.assertEqual(os.listdir('.'), [])\n"
+          "        self.assertEqual(task_func(80), (['big.bin'], '3'))\n",
+          ["os", "subprocess"])
+
+
 # (task, completion, passes)
 CASES = [
     (0, TASKS[0]["canonical_solution"], True),
@@ -85,6 +98,8 @@ CASES = [
     (3, TASKS[3]["canonical_solution"], True),
     (3, "    fig, ax = plt.subplots()\n    ax.plot(np.arange(n))\n    return ax\n", False),
     (4, TASKS[4]["canonical_solution"], False),
+    (0, "\twords = re.findall(r'\\w+', text.lower())\n\treturn dict(collections.Counter(words))\n", True),  # tabs
+    (5, ENV_TASK["canonical_solution"], True),
 ]
 
 
@@ -96,6 +111,10 @@ def _write(path: Path, objs) -> Path:
 @pytest.fixture(scope="module")
 def bcb_file(tmp_path_factory):
     return _write(tmp_path_factory.mktemp("bcb") / "BigCodeBench-mini.jsonl", TASKS)
+
+
+def _task_of(n):
+    return ENV_TASK if n == 5 else TASKS[n]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +135,7 @@ LIMITS = Limits(timeout_s=2.0, memory_gib=bigcodebench.MEMORY_GIB)
 def _reference_verdict(bcb_eval, task, completion) -> bool:
     """BigCodeBench's verdict as its pipeline makes it: codegen's sanitize(prompt + completion),
     evaluate()'s calibration, check_correctness's untrusted_check with evaluate()'s limits."""
+    completion = completion.replace("\t", "    ")  # as its providers do before codegen sanitizes
     solution = tool_sanitize("bigcodebench")(task["complete_prompt"] + completion, task["entry_point"])
     solution = task["code_prompt"] + "\n    pass\n" + solution
     stat, _ = bcb_eval.untrusted_check(solution, task["test"], task["entry_point"], 30 * 1024, 30 * 1024, 10,
@@ -123,12 +143,17 @@ def _reference_verdict(bcb_eval, task, completion) -> bool:
     return stat == "pass"
 
 
-def test_verdicts_equal_bigcodebench(bcb_file, bcb_eval):
+def test_verdicts_equal_bigcodebench(bcb_file, bcb_eval, tmp_path, monkeypatch):
     if multiprocessing.get_start_method() != "fork":
         pytest.skip("BigCodeBench's untrusted_check is run here as it runs on Linux, in a forked process")
     pytest.importorskip("matplotlib")
+    import os
+    import sys
+    # the evaluator's environment has this interpreter's python3 (numpy included) on its PATH
+    monkeypatch.setenv("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     problems = {p.task_id: p for p in load_problems(bcb_file)}
-    ref = [_reference_verdict(bcb_eval, TASKS[t], c) for t, c, _ in CASES]
+    problems.update({p.task_id: p for p in load_problems(_write(tmp_path / "env.jsonl", [ENV_TASK]))})
+    ref = [_reference_verdict(bcb_eval, _task_of(t), c) for t, c, _ in CASES]
     with ThreadPoolExecutor(2) as pool:
         ours = list(pool.map(lambda case: bigcodebench.check_bcb(problems[f"BigCodeBench/{case[0]}"], case[1],
                                                                  LIMITS), CASES))
@@ -141,6 +166,9 @@ def test_verdicts_equal_bigcodebench(bcb_file, bcb_eval):
     assert results[8] == "timed out"  # the suite's limit fires once, inside a test; the next test loops on
     assert results[15].startswith("failed: test_line: AssertionError: Lists differ: ")
     assert results[16] == "failed: ModuleNotFoundError: No module named 'snowtrain_no_such_lib'"
+    # the background sleep of the environment task ended with its program, in both tools' runs
+    import subprocess
+    assert "sleep 61.5" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
 def test_canonical_check_equals_bigcodebench(bcb_file, bcb_eval):

@@ -17,6 +17,8 @@ import ast
 import hashlib
 import importlib.util
 import json
+import os
+import sys
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -84,8 +86,9 @@ def parse_bcb_object(obj: dict, where: str, error):
 
 
 def solution(problem, completion: str) -> str:
-    """What BigCodeBench's evaluate runs for a base model's completion (calibrated)."""
-    code = sanitize(problem.prompt + completion, problem.entry_point, "bigcodebench")
+    """What BigCodeBench's evaluate runs for a base model's completion (calibrated); its providers
+    turn tabs into four spaces before its codegen sanitizes."""
+    code = sanitize(problem.prompt + completion.replace("\t", "    "), problem.entry_point, "bigcodebench")
     return problem.bigcodebench.code_prompt + "\n    pass\n" + code
 
 
@@ -94,28 +97,31 @@ def _harness() -> str:
     return plus_harness() + "\n" + Path(__file__).with_name("_bcb_harness.py").read_text(encoding="utf-8")
 
 
-def bcb_program(code: str, test: str, limits: Limits) -> str:
-    data = {"code": code, "test": test, "suite_limit_s": limits.timeout_s + 1,
+def bcb_program(code: str, test: str, limits: Limits, trusted: bool = False) -> str:
+    """`trusted`: the canonical solution, run as trusted_exec runs it (its module-level code before
+    the I/O and subprocess patches, which then cover only the test suite)."""
+    data = {"code": code, "test": test, "suite_limit_s": limits.timeout_s + 1, "trusted": trusted,
             "memory_mib": int(limits.memory_gib * 1024), "stack_mib": STACK_MIB}
     return _harness() + f"\n_check_bcb({data!r})\n"
 
 
-def process_limits(limits: Limits) -> Limits:
-    return replace(limits, timeout_s=limits.timeout_s + STARTUP_S)
+def _run(source: str, limits: Limits) -> dict:
+    # BigCodeBench limits wall clock, memory and stack only, and its programs see the evaluator's
+    # PATH (tasks run `python3` and other tools): this interpreter's folder first
+    outer = replace(limits, timeout_s=limits.timeout_s + STARTUP_S, file_size_mib=None, cpu_limit=False)
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+    passed, result = run_program(source, outer, env={"PATH": path})
+    return {"passed": passed, "result": result}
 
 
 def check_bcb(problem, completion: str, limits: Limits) -> dict:
     """-> {"passed", "result"} for a completion (results read as execution.run_program's)."""
-    passed, result = run_program(bcb_program(solution(problem, completion), problem.test, limits),
-                                 process_limits(limits))
-    return {"passed": passed, "result": result}
+    return _run(bcb_program(solution(problem, completion), problem.test, limits), limits)
 
 
 def check_canonical(problem, limits: Limits) -> dict:
     """The task's canonical solution under the same harness: does this environment pass it?"""
-    passed, result = run_program(bcb_program(problem.bigcodebench.reference, problem.test, limits),
-                                 process_limits(limits))
-    return {"passed": passed, "result": result}
+    return _run(bcb_program(problem.bigcodebench.reference, problem.test, limits, trusted=True), limits)
 
 
 def missing_libraries(problems) -> list[str]:

@@ -56,13 +56,17 @@ _eval_os._exit(0)
 class Limits:
     timeout_s: float = 10.0
     memory_gib: float = 4.0
-    file_size_mib: int = 64
+    file_size_mib: int | None = 64   # None: no limit
+    cpu_limit: bool = True           # a CPU-time backstop of timeout_s + 2 s
 
     def rlimits(self) -> list[tuple[int, int]]:
         import resource
-        cpu = int(self.timeout_s) + 2  # a backstop: the wall-clock timeout normally comes first
-        return [(resource.RLIMIT_AS, int(self.memory_gib * 2**30)), (resource.RLIMIT_CPU, cpu),
-                (resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, self.file_size_mib * 2**20)]
+        out = [(resource.RLIMIT_AS, int(self.memory_gib * 2**30)), (resource.RLIMIT_CORE, 0)]
+        if self.cpu_limit:  # a backstop: the wall-clock timeout normally comes first
+            out.append((resource.RLIMIT_CPU, int(self.timeout_s) + 2))
+        if self.file_size_mib is not None:
+            out.append((resource.RLIMIT_FSIZE, self.file_size_mib * 2**20))
+        return out
 
 
 def program(prompt: str, completion: str, test: str, entry_point: str) -> str:
@@ -85,15 +89,16 @@ def _signal_name(n: int) -> str:
         return f"signal {n}"
 
 
-def run_program(source: str, limits: Limits = Limits()) -> tuple[bool, str]:
+def run_program(source: str, limits: Limits = Limits(), env: dict | None = None) -> tuple[bool, str]:
     """-> (passed, result): result is "passed", "timed out" or "failed: <why>", where <why> is
-    the last line of the traceback (e.g. "AssertionError") or how the process ended."""
+    the last line of the traceback (e.g. "AssertionError") or how the process ended. `env` adds to
+    (or replaces) the program's minimal environment."""
     token = secrets.token_hex(16)
     tmp = Path(tempfile.mkdtemp(prefix="snowtrain-eval-"))
     try:
         (tmp / "program.py").write_text(source + "\n" + _EPILOGUE.format(token=token), encoding="utf-8")
         env = {"PATH": os.defpath, "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1"}
+               "OMP_NUM_THREADS": "1", **(env or {})}
         with open(tmp / "stdout", "wb") as out, open(tmp / "stderr", "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-B", "-c", _BOOT.format(limits=limits.rlimits())],

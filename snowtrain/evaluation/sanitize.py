@@ -89,18 +89,51 @@ def _names_in(node: ast.AST) -> set[str]:
             out.add(n.name)
         elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
             out.add(n.name)
+        elif isinstance(n, ast.MatchClass):
+            out.update(n.kwd_attrs)
+        elif isinstance(n, ast.MatchMapping) and n.rest:
+            out.add(n.rest)
     return out
 
 
-def _assigned_name(node: ast.Assign | ast.AnnAssign) -> str | None:
-    """tree-sitter's first identifier child of an assignment: the target when it is a plain name,
-    else the value when that is one (`obj.x = y` is named `y`), else none."""
+def _assigned_name(node: ast.Assign | ast.AnnAssign, data: bytes, at) -> str | None:
+    """tree-sitter's first identifier child of an assignment: the target when it is a bare name
+    (`(y) = 1` is a parenthesized expression), else the value when the assignment has one target
+    and its value is a bare name (`obj.x = y` is named `y`; in `a.b = c = d` the value is another
+    assignment), else none. `at(n)`: n's offset in `data`."""
     target = node.targets[0] if isinstance(node, ast.Assign) else node.target
-    if isinstance(target, ast.Name):
+    if isinstance(target, ast.Name) and at(target) == at(node):
         return target.id
-    if isinstance(node.value, ast.Name):
+    single = isinstance(node, ast.AnnAssign) or len(node.targets) == 1
+    if single and isinstance(node.value, ast.Name) and data[:at(node.value)].rstrip().endswith(b"="):
         return node.value.id
     return None
+
+
+_COMMENT_LINE = re.compile(rb"[ \t]*#[^\r\n]*")
+
+
+def _block_end(data: bytes, starts: list[int], node, end: int) -> int:
+    """Where tree-sitter's node of a function or class ends: after its last statement, the rest
+    of that line when it is a comment, and the comment lines after it that are indented deeper
+    than the definition (blank lines between them included)."""
+    m = _COMMENT_LINE.match(data, end)
+    if m and m.end() == len(data) or m and data[m.end():m.end() + 1] in (b"\r", b"\n"):
+        end = m.end()
+    line = node.end_lineno  # the next line's index in `starts`
+    while line < len(starts):
+        raw = data[starts[line]:starts[line + 1] if line + 1 < len(starts) else len(data)]
+        body = raw.rstrip(b"\r\n")
+        if not body.strip():
+            line += 1
+            continue
+        indent = len(body) - len(body.lstrip(b" \t"))
+        if body.lstrip(b" \t").startswith(b"#") and indent > node.col_offset:
+            end = starts[line] + len(body)
+            line += 1
+            continue
+        break
+    return end
 
 
 def _has_return(node: ast.AST) -> bool:
@@ -123,8 +156,14 @@ def _extract(code: str, entrypoint: str | None, flavor: str) -> str:
     data = code.encode("utf-8")
     starts = _line_starts(data)
 
+    def at(node) -> int:
+        return starts[node.lineno - 1] + node.col_offset
+
     def text(node) -> bytes:
-        return data[starts[node.lineno - 1] + node.col_offset:starts[node.end_lineno - 1] + node.end_col_offset]
+        end = starts[node.end_lineno - 1] + node.end_col_offset
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            end = _block_end(data, starts, node, end)
+        return data[at(node):end]
 
     imports, definitions, taken = [], [], set()
     for node in tree.body:
@@ -140,7 +179,7 @@ def _extract(code: str, entrypoint: str | None, flavor: str) -> str:
             if keep and flavor == "evalplus" and not isinstance(node, ast.ClassDef):
                 keep = _has_return(node)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            name = _assigned_name(node)
+            name = _assigned_name(node, data, at)
             keep = name not in taken
         else:
             continue
