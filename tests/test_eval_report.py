@@ -91,19 +91,22 @@ def test_evoeval_column_is_the_mean_of_its_five_benchmarks(tmp_path):
         _summary(ev / "p3" / part, "/m/phase3/step_9", f"EvoEval_{part}", score, problems=100)
         if part != "combine":
             _summary(ev / "p2" / part, "/m/phase2/step_5", f"EvoEval_{part}-v0.1.0", score / 2, problems=100)
+    # a part evaluated again under its versioned name: the later evaluation counts
+    _summary(ev / "p3" / "again", "/m/phase3/step_9", "EvoEval_difficult-v0.1.0", 0.60, problems=100,
+             finished="2026-11-28T10:00:00")
     _summary(ev / "own" / "x", "/m/phase1/step_1", "EvoEval", 0.07, problems=500)
     for part in EVOEVAL_PARTS:
         _summary(ev / "own" / part, "/m/phase1/step_1", f"EvoEval_{part}", 0.5, problems=100)
     records = collect([ev])
     means = {r["model"]: r for r in records if r["benchmark"] == "EvoEval"}
     assert set(means) == {"/m/phase3/step_9", "/m/phase1/step_1"}
-    assert means["/m/phase3/step_9"]["pass@1"] == pytest.approx(0.16) and means["/m/phase3/step_9"]["problems"] == 500
+    assert means["/m/phase3/step_9"]["pass@1"] == pytest.approx(0.26) and means["/m/phase3/step_9"]["problems"] == 500
     assert means["/m/phase1/step_1"]["pass@1"] == 0.07
     lines = table(records).splitlines()
     head = lines[0].split(" | ")
     col = head.index("EvoEval")
     assert head[col + 1] == "paper EvoEval"
     row3 = next(line for line in lines if "(phase 3)" in line).split(" | ")
-    assert row3[col] == "16.0 /500" and row3[col + 1] == "18.0"
+    assert row3[col] == "26.0 /500" and row3[col + 1] == "18.0"
     row2 = next(line for line in lines if "(phase 2)" in line).split(" | ")
     assert row2[col] == "-" and row2[col + 1] == "12.8"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import pickle
+from collections import Counter  # noqa: F401 - evoeval's evaluate.py has it for the input texts
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +44,9 @@ DIFFICULT = [
     _task(5, "pairs(xs)", "Adjacent pairs of xs as a tuple of tuples.",
           "    return tuple((xs[i], xs[i + 1]) for i in range(len(xs) - 1))\n",
           ["[1, 2, 3]", "[]"]),
+    _task(7, "top(counts, k)", "The k most common keys of a Counter, most common first.",
+          "    return [key for key, _ in counts.most_common(k)]\n",
+          ["Counter('abca'), 2", "Counter({'x': 2, 'y': 5}), 1"]),
 ]
 CREATIVE = [
     _task(69, "magic_pair(arr, target)", "Indices i < j with arr[i] * arr[j] == target, or 'No magic today'.",
@@ -74,6 +79,8 @@ CASES = [
     ("difficult", 32, "    return interval[0]\n", False),
     ("difficult", 5, DIFFICULT[3]["canonical_solution"], True),
     ("difficult", 5, "    return [(xs[i], xs[i + 1]) for i in range(len(xs) - 1)]\n", False),  # a list
+    ("difficult", 7, DIFFICULT[4]["canonical_solution"], True),                # inputs built with Counter
+    ("difficult", 7, "    return sorted(counts)[:k]\n", False),
     ("creative", 69, CREATIVE[0]["canonical_solution"], True),
     ("creative", 69, "    for j in range(len(arr) - 1, -1, -1):\n        for i in range(j):\n"
                      "            if arr[i] * arr[j] == target:\n                return (i, j)\n"
@@ -136,13 +143,17 @@ def test_loader_prompt_and_errors(evo_files, tmp_path):
     p = load_problems(evo_files["difficult"])[0]
     assert p.kind == "evoeval" and p.prompt == DIFFICULT[0]["prompt"] and p.test == ""
     assert p.evoeval.dataset == "evoeval_difficult" and evoeval.kind_of("EvoEval_tool_use") == "tool_use"
-    assert p.evoeval.inputs == tuple(DIFFICULT[0]["inputs"])
+    assert pickle.loads(p.evoeval.inputs) == [[[1, 2, 3]], [[]], [[7]], [[1, 3, 5, 8]]]  # argument lists
+    counted = pickle.loads(load_problems(evo_files["difficult"])[4].evoeval.inputs)
+    assert counted == [[Counter("abca"), 2], [Counter({"x": 2, "y": 5}), 1]]   # evoeval's names: Counter
     good = DIFFICULT[0]
     cases = {
         "missing": ([good, {k: v for k, v in good.items() if k != "canonical_solution"}],
                     ":2: missing canonical_solution (an EvoEval task needs"),
         "inputs_type": ([{**good, "inputs": [[1, 2]]}], ":1: 'inputs' must be a list of argument-list texts"),
         "bad_input": ([{**good, "inputs": ["1, (2"]}], ":1: inputs[0] is not an argument list"),
+        "unknown_name": ([{**good, "inputs": ["[1]", "no_such_name(2)"]}],
+                         ":1: inputs[1] cannot be evaluated (NameError"),
         "dup": ([good, good], ":2: task_id 'EvoEval/0' already on line 1"),
         "mixed": ([good, {**good, "task_id": "EvoEval/1", "complete_prompt": "x", "code_prompt": "y"}],
                   ":2: the fields of a BigCodeBench task (complete_prompt, code_prompt) and of an EvoEval task"),
@@ -164,11 +175,16 @@ def test_tiny_model_end_to_end(tmp_path, hf_dir, capsys, evo_files):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     s = json.loads((out / "summary.json").read_text())
     assert s["generation"]["stop"] == list(evoeval.STOP) and s["generation"]["max_new_tokens"] == 512
-    assert s["benchmark"] == "EvoEval_difficult" and s["problems"] == 4
+    assert s["benchmark"] == "EvoEval_difficult" and s["problems"] == 5
     passed = s["samples_passed"]
-    assert line == f"EvoEval_difficult: pass@1 {passed / 4:.4f} ({passed}/4)"
+    assert line == f"EvoEval_difficult: pass@1 {passed / 5:.4f} ({passed}/5)"
     for sample in (json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()):
         assert not any(stop in sample["completion"] for stop in evoeval.STOP)
     assert cli.main(args) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["this_run"]["generated"] == again["this_run"]["executed"] == 0
+    assert "warning" not in capsys.readouterr().err
+    renamed = _write(tmp_path / "test.jsonl", DIFFICULT)   # a name that says which oracles? none
+    assert cli.main(["eval", str(hf_dir), "--problems", str(renamed), "--out", str(tmp_path / "r"), "--quiet",
+                     "--limit", "1"]) == 0
+    assert "'test' names none of EvoEval's benchmarks" in capsys.readouterr().err

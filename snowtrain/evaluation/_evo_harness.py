@@ -144,19 +144,17 @@ def _evo_oracle(dataset, task_id, inp, out, exp):
 def _check_evo(d):
     __import__("numpy")  # evoeval's checker has it loaded before the guard
     dataset, task_id, entry_point = d["dataset"], d["task_id"], d["entry_point"]
-    try:
-        inputs = [eval(f"[{text}]") for text in d["inputs"]]
-    except BaseException as e:
-        failed(f"an input of the problems file cannot be read: {_describe(e)}")
+    import pickle
+    inputs = pickle.loads(d["inputs"])
 
     # 1. Expected outputs: the canonical solution on a deep copy of each input, timed
     expected, ref_time = _expected_outputs(d["reference"], entry_point, inputs, d["reference_limit_s"],
                                            "inputs")
 
     # 2. evoeval's limits: each input max(1 s, 4 x the canonical's time), the whole check
-    #    min(60 s, their sum) + 1 s
+    #    min(60 s, their sum) + 1 s, after which untrusted_check's parent waits 1 s more
     time_limits = [max(1.0, 4.0 * t) for t in ref_time]
-    watchdog = threading.Timer(min(60, sum(time_limits)) + 1, _kill, (_pid, signal.SIGXCPU))
+    watchdog = threading.Timer(min(60, sum(time_limits)) + 2, _kill, (_pid, signal.SIGXCPU))
     watchdog.daemon = True
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     watchdog.start()

@@ -91,6 +91,14 @@ def _validate(args) -> None:
         raise UsageError("--stop and --no-stop contradict each other")
 
 
+def _warn_evoeval_name(benchmark: str, problems) -> None:
+    from .evoeval import KINDS, kind_of
+    if problems[0].evoeval and kind_of(benchmark) is None:
+        print(f"snowtrain eval: warning: {benchmark!r} names none of EvoEval's benchmarks "
+              f"({', '.join(KINDS)}): no special oracle applies (keep the release file's name, "
+              "e.g. EvoEval_difficult.jsonl.gz)", file=sys.stderr)
+
+
 def kind_defaults(problem) -> tuple[tuple, int, float, float]:
     """(stop sequences, max new tokens, timeout s, memory GiB) of a problem file's kind: EvalPlus
     and BigCodeBench files are prompted and run as those tools do for a base model."""
@@ -114,6 +122,7 @@ def eval_command(args) -> int:
     try:
         _validate(args)
         benchmark, path, problems = load_benchmark(args.benchmark, args.problems)
+        _warn_evoeval_name(benchmark, problems)
         if args.endpoint:
             key = None
             if args.api_key_env:

@@ -2,7 +2,8 @@
 as evoeval 0.1.0 scores a base model.
 
 A line holds `task_id` (EvoEval/N), `prompt`, `canonical_solution`, `entry_point` and `inputs`: the
-tests are inputs, each the text of an argument list (`"[1, 2], 3"`, read as `eval(f"[{text}]")`),
+tests are inputs, each the text of an argument list (`"[1, 2], 3"`, read as `eval(f"[{text}]")`
+among the names evoeval's evaluate.py has, when the file is loaded),
 and a completion passes when its output on every input equals the canonical solution's, by
 EvoEval's comparison and its special oracles (_evo_harness.py). EvoEval's codegen gives a base
 model the prompt as it is, with its stop sequences and up to 512 new tokens, and runs the prompt
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +36,7 @@ BACKSTOP_S = 70.0  # beyond --timeout-s (the canonical solution's limit): EvoEva
 class EvoTask:
     dataset: str            # the benchmark's name, lower case: which special oracles apply
     reference: str          # prompt + "\n" + canonical_solution, as get_groundtruth runs it
-    inputs: tuple[str, ...]
+    inputs: bytes           # the argument lists, evaluated and pickled
     digest: str             # of the task's fields, so a changed file is refused on resume
 
 
@@ -58,18 +60,44 @@ def parse_evo_object(obj: dict, where: str, error, benchmark: str):
             raise error(f"{where}: '{k}' must be a string, got {type(obj[k]).__name__}")
     if not obj["entry_point"].isidentifier():
         raise error(f"{where}: entry_point {obj['entry_point']!r} is not a Python name")
-    inputs = obj["inputs"]
-    if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+    texts = obj["inputs"]
+    if not isinstance(texts, list) or not all(isinstance(x, str) for x in texts):
         raise error(f"{where}: 'inputs' must be a list of argument-list texts, e.g. [\"[1, 2], 3\"]")
-    for j, text in enumerate(inputs):
+    inputs = []
+    for j, text in enumerate(texts):
         try:
             ast.parse(f"[{text}]", mode="eval")
+            inputs.append(eval(f"[{text}]", _input_names()))  # benchmark data, read as evoeval reads it
         except SyntaxError as e:
             raise error(f"{where}: inputs[{j}] is not an argument list ({e.msg}): {text[:80]!r}") from None
+        except Exception as e:
+            raise error(f"{where}: inputs[{j}] cannot be evaluated ({type(e).__name__}: {e}): {text[:80]!r}") from None
+    try:
+        pickled = pickle.dumps(inputs, protocol=4)
+    except Exception as e:
+        raise error(f"{where}: the inputs cannot be passed to a program ({type(e).__name__}: {e})") from None
     raw = json.dumps([obj[k] for k in FIELDS], sort_keys=True).encode()
-    task = EvoTask(benchmark.lower(), obj["prompt"] + "\n" + obj["canonical_solution"], tuple(inputs),
+    task = EvoTask(benchmark.lower(), obj["prompt"] + "\n" + obj["canonical_solution"], pickled,
                    hashlib.sha256(raw).hexdigest()[:16])
     return obj["prompt"], obj["entry_point"], obj["canonical_solution"], task
+
+
+@lru_cache(maxsize=1)
+def _input_names() -> dict:
+    """The module-level names of evoeval's evaluate.py that an input text can use (its imports)."""
+    import argparse
+    import contextlib
+    import multiprocessing
+    import os
+    import threading
+    import time
+    from collections import Counter, defaultdict
+    from typing import Any, Dict, List, Tuple
+
+    import numpy as np
+    return {"argparse": argparse, "contextlib": contextlib, "json": json, "multiprocessing": multiprocessing,
+            "os": os, "pickle": pickle, "threading": threading, "time": time, "Counter": Counter,
+            "defaultdict": defaultdict, "Any": Any, "Dict": Dict, "List": List, "Tuple": Tuple, "np": np}
 
 
 @lru_cache(maxsize=1)
@@ -81,7 +109,7 @@ def _harness() -> str:
 def evo_program(problem, completion: str, limits: Limits) -> str:
     task = problem.evoeval
     data = {"dataset": task.dataset, "task_id": problem.task_id, "entry_point": problem.entry_point,
-            "reference": task.reference, "candidate": problem.prompt + completion, "inputs": list(task.inputs),
+            "reference": task.reference, "candidate": problem.prompt + completion, "inputs": task.inputs,
             "reference_limit_s": limits.timeout_s, "memory_bytes": int(limits.memory_gib * 2**30)}
     return _harness() + f"\n_check_evo({data!r})\n"
 

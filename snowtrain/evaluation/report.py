@@ -98,16 +98,17 @@ def _evoeval_means(records: list[dict]) -> list[dict]:
         if any(paper_benchmark(r["benchmark"]) == "EvoEval" for r in mine):
             continue  # an "EvoEval" file of its own was evaluated
         parts = {}
-        for r in mine:
+        for r in mine:  # a part evaluated under two names (with and without a version): the later
             m = _EVOEVAL_PART.match(r["benchmark"])
-            if m:
+            if m and (m.group(1).lower() not in parts
+                      or _when(r["finished_at"]) >= _when(parts[m.group(1).lower()]["finished_at"])):
                 parts[m.group(1).lower()] = r
         if len(parts) == len(EVOEVAL_PARTS):
             first = parts[EVOEVAL_PARTS[0]]
             out.append({"model": model, "benchmark": "EvoEval", "phase": first["phase"], "base": None,
                         "problems": sum(r["problems"] for r in parts.values()),
                         "pass@1": sum(r["pass@1"] for r in parts.values()) / len(parts),
-                        "finished_at": max(r["finished_at"] for r in parts.values()),
+                        "finished_at": max((r["finished_at"] for r in parts.values()), key=_when),
                         "file": "mean of " + ", ".join(r["benchmark"] for r in parts.values())})
     return out
 
