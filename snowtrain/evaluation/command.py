@@ -93,7 +93,7 @@ def _validate(args) -> None:
 
 def _warn_evoeval_name(benchmark: str, problems) -> None:
     from .evoeval import KINDS, kind_of
-    if problems[0].evoeval and kind_of(benchmark) is None:
+    if problems[0].evoeval and problems[0].task_id.startswith("EvoEval/") and kind_of(benchmark) is None:
         print(f"snowtrain eval: warning: {benchmark!r} names none of EvoEval's benchmarks "
               f"({', '.join(KINDS)}): no special oracle applies (keep the release file's name, "
               "e.g. EvoEval_difficult.jsonl.gz)", file=sys.stderr)
