@@ -32,8 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--problems", metavar="FILE.jsonl",
                        help="problems in HumanEval's format, EvalPlus's own HumanEval+/MBPP+ release "
                             "files (base and plus scores), BigCodeBench's (Complete, full or hard) or "
-                            "EvoEval's: "
-                            "see docs/evaluation.md")
+                            "EvoEval's: see docs/evaluation.md")
     p.add_argument("--out", help="output folder (default: evals/<model>/<benchmark>)")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--samples", type=int, default=1, help="completions per problem (1: pass@1)")
@@ -45,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tools do); capped by the model's context minus the prompt")
     p.add_argument("--stop", action="append", type=_stop, metavar="S",
                    help="a stop sequence, repeatable, replaces the default (Codex's: "
-                        + ", ".join(repr(s) for s in DEFAULT_STOP) + "; EvalPlus and BigCodeBench "
-                        "files: the tool's own for base models); \\n is a newline")
+                        + ", ".join(repr(s) for s in DEFAULT_STOP) + "; EvalPlus, BigCodeBench and "
+                        "EvoEval files: the tool's own for base models); \\n is a newline")
     p.add_argument("--no-stop", action="store_true", help="no stop sequences: up to max-new-tokens or <eod>")
     p.add_argument("--timeout-s", type=float, default=None,
                    help="per program, wall clock (10); EvalPlus files: for the canonical solution, "
@@ -80,7 +79,7 @@ def _validate(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if (args.timeout_s is not None and args.timeout_s <= 0) or (args.memory_gib is not None and args.memory_gib <= 0):
+    if any(v is not None and v <= 0 for v in (args.timeout_s, args.memory_gib)):
         raise UsageError("--timeout-s and --memory-gib must be positive")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")

@@ -98,7 +98,7 @@ def load_problems(path: str | Path) -> list[Problem]:
         if first is None:
             first = (lineno, kind, obj.get("task_id"))
         if kind == "humaneval" and first[1] != "humaneval":
-            kind = first[1]  # a line of an EvalPlus or BigCodeBench file that lost its fields
+            kind = first[1]  # a line of an EvalPlus, BigCodeBench or EvoEval file that lost its fields
         if kind != first[1]:
             raise ProblemError(f"{where}: {_ONE[kind]} in a file of {_FILE_OF[first[1]]} "
                                f"(line {first[0]} is one): one file holds one kind of problem")
@@ -109,9 +109,7 @@ def load_problems(path: str | Path) -> list[Problem]:
             problems.append(_bcb_problem(obj, where, seen, lineno))
             continue
         if kind == "evoeval":
-            prompt, entry_point, canonical, task = parse_evo_object(obj, where, ProblemError, benchmark_name(path))
-            _unique(obj["task_id"], where, seen, lineno)
-            problems.append(Problem(obj["task_id"], prompt, "", entry_point, canonical, evoeval=task))
+            problems.append(_evo_problem(obj, where, seen, lineno, benchmark_name(path)))
             continue
         missing = [k for k in REQUIRED if k not in obj]
         if missing:
@@ -150,6 +148,12 @@ def _bcb_problem(obj: dict, where: str, seen: dict, lineno: int) -> Problem:
     return Problem(obj["task_id"], prompt, test, entry_point, canonical, bigcodebench=task)
 
 
+def _evo_problem(obj: dict, where: str, seen: dict, lineno: int, benchmark: str) -> Problem:
+    prompt, entry_point, canonical, task = parse_evo_object(obj, where, ProblemError, benchmark)
+    _unique(obj["task_id"], where, seen, lineno)
+    return Problem(obj["task_id"], prompt, "", entry_point, canonical, evoeval=task)
+
+
 def _plus_problem(obj: dict, where: str, first: tuple, seen: dict, lineno: int) -> Problem:
     prompt, entry_point, canonical, task = parse_plus_object(obj, where, ProblemError)
     if task.dataset != dataset_of(str(first[2])):
@@ -175,11 +179,8 @@ def problems_digest(problems: list[Problem]) -> str:
     h = hashlib.sha256()
     for p in problems:
         fields = [p.task_id, p.prompt, p.test, p.entry_point]
-        if p.evalplus:  # its tests are data: inputs, atol, the canonical solution
-            fields.append(p.evalplus.digest)
-        if p.bigcodebench:  # the code prompt of its calibration, the canonical solution
-            fields.append(p.bigcodebench.digest)
-        if p.evoeval:  # its inputs and canonical solution
-            fields.append(p.evoeval.digest)
+        # a benchmark's own task also holds what its checks use (inputs, atol, code prompt,
+        # canonical solution): its digest
+        fields += [t.digest for t in (p.evalplus, p.bigcodebench, p.evoeval) if t]
         h.update(json.dumps(fields).encode())
     return h.hexdigest()[:16]

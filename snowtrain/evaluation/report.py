@@ -21,12 +21,17 @@ _PAPER_NAME = {"humanevalplus": "HumanEval+", "mbppplus": "MBPP+", "evoeval": "E
                "bigcodebench": "BigCodeBench"}
 # EvoEval's five semantic-altering benchmarks, whose mean is its summary score
 EVOEVAL_PARTS = ("difficult", "creative", "subtle", "combine", "tool_use")
-_EVOEVAL_PART = re.compile(r"^evoeval_(%s)(?:[-_]v?\d+(?:\.\d+)*)?$" % "|".join(EVOEVAL_PARTS), re.IGNORECASE)
+_VERSION = re.compile(r"[-_]v?\d+(\.\d+)*$")
 _PHASE = re.compile(r"(?:^|[/_-])phase([123])(?=$|[/_-])")
 
 
+def _unversioned(name: str) -> str:
+    """A benchmark's name in lower case without its version (HumanEvalPlus-v0.1.10 -> humanevalplus)."""
+    return _VERSION.sub("", name).lower()
+
+
 def paper_benchmark(name: str) -> str | None:
-    return _PAPER_NAME.get(re.sub(r"[-_]v?\d+(\.\d+)*$", "", name).lower())
+    return _PAPER_NAME.get(_unversioned(name))
 
 
 def _phase(*paths: str) -> int | None:
@@ -44,6 +49,11 @@ def _when(stamp: str) -> datetime:
         return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
     except (TypeError, ValueError):
         return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _later(rec: dict, than: dict | None) -> bool:
+    """Whether evaluation `rec` finished no earlier than `than` (None: there is none)."""
+    return than is None or _when(rec["finished_at"]) >= _when(than["finished_at"])
 
 
 def find_summaries(paths) -> list[Path]:
@@ -80,7 +90,7 @@ def collect(paths, say=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
             continue
         rec["phase"] = _phase(str(rec["model"]), str(f))
         key = (rec["model"], rec["benchmark"])
-        if key not in latest or _when(rec["finished_at"]) >= _when(latest[key]["finished_at"]):
+        if _later(rec, latest.get(key)):
             latest[key] = rec
     if not latest:
         raise ConfigError("no readable summary among " + ", ".join(map(str, broken)), file=None,
@@ -99,10 +109,10 @@ def _evoeval_means(records: list[dict]) -> list[dict]:
             continue  # an "EvoEval" file of its own was evaluated
         parts = {}
         for r in mine:  # a part evaluated under two names (with and without a version): the later
-            m = _EVOEVAL_PART.match(r["benchmark"])
-            if m and (m.group(1).lower() not in parts
-                      or _when(r["finished_at"]) >= _when(parts[m.group(1).lower()]["finished_at"])):
-                parts[m.group(1).lower()] = r
+            name = _unversioned(r["benchmark"])
+            part = name.removeprefix("evoeval_")
+            if name != part and part in EVOEVAL_PARTS and _later(r, parts.get(part)):
+                parts[part] = r
         if len(parts) == len(EVOEVAL_PARTS):
             first = parts[EVOEVAL_PARTS[0]]
             out.append({"model": model, "benchmark": "EvoEval", "phase": first["phase"], "base": None,
